@@ -1,0 +1,67 @@
+// Input checks shared by every fastnn kernel (CPU and CUDA).
+//
+// Every message names the op, the argument and what the user should do, e.g.
+//   fastnn::linear_forward: `input` has dtype Long, but fastnn supports
+//   float32 and float64 on cpu; convert it first (for example `input.float()`).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace fastnn {
+
+// Floating dtypes with a fastnn kernel on the tensor's device: float32 and
+// float64 everywhere, float16 and bfloat16 on CUDA.
+inline bool dtype_supported(const at::Tensor& t) {
+  const auto s = t.scalar_type();
+  if (s == at::kFloat || s == at::kDouble) return true;
+  return t.is_cuda() && (s == at::kHalf || s == at::kBFloat16);
+}
+
+inline const char* supported_dtypes(const at::Tensor& t) {
+  return t.is_cuda() ? "float32, float64, float16 and bfloat16" : "float32 and float64";
+}
+
+inline void check_floating(const char* op, const char* arg, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), "fastnn::", op, ": `", arg, "` is an undefined tensor.");
+  TORCH_CHECK(dtype_supported(t), "fastnn::", op, ": `", arg, "` has dtype ", t.scalar_type(),
+              ", but fastnn supports ", supported_dtypes(t), " on ", t.device().type(),
+              "; convert it first (for example `", arg, ".float()`).");
+}
+
+inline void check_same_dtype(const char* op, const char* arg, const at::Tensor& t,
+                             const char* ref_arg, const at::Tensor& ref) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fastnn::", op, ": `", arg, "` has dtype ",
+              t.scalar_type(), " but `", ref_arg, "` has dtype ", ref.scalar_type(),
+              "; both must have the same dtype.");
+}
+
+inline void check_same_device(const char* op, const char* arg, const at::Tensor& t,
+                              const char* ref_arg, const at::Tensor& ref) {
+  TORCH_CHECK(t.device() == ref.device(), "fastnn::", op, ": `", arg, "` is on ", t.device(),
+              " but `", ref_arg, "` is on ", ref.device(),
+              "; move them to the same device first.");
+}
+
+inline void check_dim(const char* op, const char* arg, const at::Tensor& t, int64_t dim) {
+  TORCH_CHECK(t.dim() == dim, "fastnn::", op, ": `", arg, "` must be ", dim, "-D, got shape ",
+              t.sizes(), ".");
+}
+
+inline void check_same_shape(const char* op, const char* arg, const at::Tensor& t,
+                             const char* ref_arg, const at::Tensor& ref) {
+  TORCH_CHECK(t.sizes() == ref.sizes(), "fastnn::", op, ": `", arg, "` has shape ", t.sizes(),
+              " but `", ref_arg, "` has shape ", ref.sizes(), "; they must match.");
+}
+
+// Wraps a possibly negative `dim` into [0, ndim) like PyTorch does; a 0-d
+// tensor accepts dim 0 and -1.
+inline int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
+  const int64_t n = ndim == 0 ? 1 : ndim;
+  TORCH_CHECK_INDEX(dim >= -n && dim < n, "fastnn::", op, ": dim ", dim,
+                    " is out of range for a tensor with ", ndim, " dimension(s) (expected in [",
+                    -n, ", ", n - 1, "]).");
+  return dim < 0 ? dim + n : dim;
+}
+
+}  // namespace fastnn

@@ -1,0 +1,27 @@
+// Run-time CPU feature detection for the hand-vectorised CPU kernels.
+//
+// The extension is compiled for the baseline x86-64 ISA; kernels that use AVX2
+// and FMA are compiled with __attribute__((target("avx2,fma"))) and chosen
+// here at run time, so one build runs on every x86-64 CPU (no -march=native).
+#pragma once
+
+namespace fastnn {
+
+inline bool cpu_has_avx2_fma() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+}  // namespace fastnn
+
+#if defined(__x86_64__) || defined(__i386__)
+#define FASTNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FASTNN_HAVE_X86 1
+#else
+#define FASTNN_TARGET_AVX2
+#define FASTNN_HAVE_X86 0
+#endif

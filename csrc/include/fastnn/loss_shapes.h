@@ -1,0 +1,70 @@
+// Shape handling shared by the NLL and cross-entropy kernels on every device.
+//
+// A loss input is (N, C), (C) or (N, C, d1, ..., dk); its target is (N), () or
+// (N, d1, ..., dk). Kernels see the input as a dense [N, C, S] block with
+// S = d1 * ... * dk (S = 1 without spatial dims, N = 1 without a batch dim):
+//   element (n, c, s) is at n * C * S + c * S + s, and target (n, s) at n * S + s.
+#pragma once
+
+#include <ATen/core/Reduction.h>
+#include <ATen/core/Tensor.h>
+
+#include "fastnn/checks.h"
+
+namespace fastnn {
+
+struct LossShape {
+  int64_t N;  // batch (1 for a (C) input)
+  int64_t C;  // classes
+  int64_t S;  // spatial positions per sample (1 for (N, C) and (C))
+};
+
+inline LossShape check_loss_inputs(const char* op, const at::Tensor& input,
+                                   const at::Tensor& target,
+                                   const c10::optional<at::Tensor>& weight, int64_t reduction) {
+  check_floating(op, "input", input);
+  TORCH_CHECK(target.scalar_type() == at::kLong, "fastnn::", op,
+              ": `target` must hold class indices as int64 (torch.long), got dtype ",
+              target.scalar_type(), "; convert it with `target.long()`.");
+  check_same_device(op, "target", target, "input", input);
+  TORCH_CHECK(reduction >= at::Reduction::None && reduction <= at::Reduction::Sum, "fastnn::", op,
+              ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction, ".");
+  TORCH_CHECK(input.dim() >= 1, "fastnn::", op,
+              ": `input` must be (C), (N, C) or (N, C, d1, ...), got a 0-d tensor.");
+
+  LossShape s{1, 0, 1};
+  if (input.dim() == 1) {
+    s.C = input.size(0);
+    TORCH_CHECK(target.dim() == 0, "fastnn::", op, ": for an input of shape ", input.sizes(),
+                " (no batch dim) `target` must be 0-d, got shape ", target.sizes(), ".");
+  } else {
+    s.N = input.size(0);
+    s.C = input.size(1);
+    bool ok = target.dim() == input.dim() - 1 && target.size(0) == s.N;
+    for (int64_t d = 2; ok && d < input.dim(); ++d) {
+      ok = target.size(d - 1) == input.size(d);
+      s.S *= input.size(d);
+    }
+    TORCH_CHECK(ok, "fastnn::", op, ": `target` of shape ", target.sizes(),
+                " does not match `input` of shape ", input.sizes(),
+                "; expected the input's shape without its class dim (dim 1).");
+  }
+  TORCH_CHECK(s.C > 0 || s.N * s.S == 0, "fastnn::", op,
+              ": `input` has no classes (C = 0) but a non-empty batch.");
+  if (weight.has_value() && weight->defined()) {
+    check_floating(op, "weight", *weight);
+    check_same_dtype(op, "weight", *weight, "input", input);
+    check_same_device(op, "weight", *weight, "input", input);
+    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == s.C, "fastnn::", op,
+                ": `weight` must be 1-D with one entry per class (", s.C, "), got shape ",
+                weight->sizes(), ".");
+  }
+  return s;
+}
+
+// Shape of the per-sample loss for reduction='none' (the target's shape).
+inline std::vector<int64_t> unreduced_shape(const at::Tensor& target) {
+  return target.sizes().vec();
+}
+
+}  // namespace fastnn

@@ -1,0 +1,75 @@
+// fastnn operator registry: the one place where every fastnn:: schema is declared.
+//
+// Kernels live in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu and only add
+// implementations with TORCH_LIBRARY_IMPL(fastnn, CPU|CUDA, m). Python wrappers,
+// fake (meta) kernels and autograd live in fastnn/_ops.py and fastnn/_autograd.py.
+//
+// Conventions
+//   * Forward and backward are separate, functional ops (no hidden mutation);
+//     the only mutating op is relu_forward_, which is declared as such.
+//   * `reduction` follows at::Reduction: 0 = none, 1 = mean, 2 = sum.
+//   * Loss inputs are (N, C), (C) or (N, C, d1, ...), targets (N), () or (N, d1, ...).
+//   * Ops never allocate outside PyTorch's allocator and never synchronise the
+//     host, so every op can be captured in a CUDA graph.
+#include <Python.h>
+#include <torch/library.h>
+
+#ifndef FASTNN_TORCH_VERSION
+#error "setup.py must define FASTNN_TORCH_VERSION (the torch version the extension is built against)"
+#endif
+
+// `import fastnn._C` loads this shared object, which runs the static
+// registrations below. The module itself only carries build information, which
+// fastnn/__init__.py compares against the torch that is imported.
+static struct PyModuleDef fastnn_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* m = PyModule_Create(&fastnn_module);
+  if (m == nullptr) return nullptr;
+  PyModule_AddStringConstant(m, "TORCH_VERSION", FASTNN_TORCH_VERSION);
+#ifdef FASTNN_WITH_CUDA
+  PyModule_AddIntConstant(m, "WITH_CUDA", 1);
+#else
+  PyModule_AddIntConstant(m, "WITH_CUDA", 0);
+#endif
+  return m;
+}
+
+TORCH_LIBRARY(fastnn, m) {
+  // Linear: y = x @ W^T + b.  x (*, in), W (out, in), b (out) -> y (*, out).
+  m.def("linear_forward(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  // Returns (grad_input, grad_weight, grad_bias); an entry is None when its
+  // output_mask entry is false (and grad_bias is None when there is no bias).
+  m.def(
+      "linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask)"
+      " -> (Tensor?, Tensor?, Tensor?)");
+
+  // ReLU: y = max(x, 0), NaN propagates. Backward: dx = dy * (y > 0).
+  m.def("relu_forward(Tensor input) -> Tensor");
+  m.def("relu_forward_(Tensor(a!) input) -> ()");
+  m.def("relu_backward(Tensor grad_output, Tensor output) -> Tensor");
+
+  // LogSoftmax over `dim`: y = x - max - log(sum(exp(x - max))).
+  // Backward from the saved output: dx = dy - exp(y) * sum(dy).
+  m.def("log_softmax_forward(Tensor input, int dim) -> Tensor");
+  m.def("log_softmax_backward(Tensor grad_output, Tensor output, int dim) -> Tensor");
+
+  // NLLLoss with native semantics. Returns (loss, total_weight); total_weight is
+  // the 0-dim sum of the weights of the non-ignored targets.
+  m.def(
+      "nll_loss_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index)"
+      " -> (Tensor, Tensor)");
+  m.def(
+      "nll_loss_backward(Tensor grad_output, Tensor input, Tensor target, Tensor? weight,"
+      " int reduction, int ignore_index, Tensor total_weight) -> Tensor");
+
+  // Fused cross-entropy = log_softmax over dim 1 + NLL, for class-index targets.
+  // Returns (loss, lse, total_weight); lse holds the per-row log-sum-exp
+  // (shape of target) so backward can form softmax without saving log-probs.
+  m.def(
+      "cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index)"
+      " -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "cross_entropy_backward(Tensor grad_output, Tensor input, Tensor target, Tensor? weight,"
+      " int reduction, int ignore_index, Tensor lse, Tensor total_weight) -> Tensor");
+}

@@ -1,0 +1,156 @@
+"""Typed Python wrappers over ``torch.ops.fastnn.*`` and their fake kernels.
+
+Each wrapper is the single Python entry point to one registered operator (schemas in
+csrc/registry.cpp). The ``register_fake`` functions describe each op's outputs
+(shape, dtype, device) without running it, so ``torch.compile`` and
+``torch.library.opcheck`` can trace the ops. All outputs are dense.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.fastnn
+
+REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
+_REDUCTIONS = {"none": REDUCTION_NONE, "mean": REDUCTION_MEAN, "sum": REDUCTION_SUM}
+
+
+def reduction_enum(reduction: str) -> int:
+    try:
+        return _REDUCTIONS[reduction]
+    except KeyError:
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}") from None
+
+
+# ----------------------------------------------------------------------------- wrappers
+
+def linear_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return _ops.linear_forward(input, weight, bias)
+
+
+def linear_backward(grad_output: Tensor, input: Tensor, weight: Tensor, output_mask: List[bool]
+                    ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    return _ops.linear_backward(grad_output, input, weight, output_mask)
+
+
+def relu_forward(input: Tensor) -> Tensor:
+    return _ops.relu_forward(input)
+
+
+def relu_forward_(input: Tensor) -> Tensor:
+    _ops.relu_forward_(input)
+    return input
+
+
+def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:
+    return _ops.relu_backward(grad_output, output)
+
+
+def log_softmax_forward(input: Tensor, dim: int) -> Tensor:
+    return _ops.log_softmax_forward(input, dim)
+
+
+def log_softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
+    return _ops.log_softmax_backward(grad_output, output, dim)
+
+
+def nll_loss_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int,
+                     ignore_index: int) -> Tuple[Tensor, Tensor]:
+    return _ops.nll_loss_forward(input, target, weight, reduction, ignore_index)
+
+
+def nll_loss_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight: Optional[Tensor],
+                      reduction: int, ignore_index: int, total_weight: Tensor) -> Tensor:
+    return _ops.nll_loss_backward(grad_output, input, target, weight, reduction, ignore_index,
+                                  total_weight)
+
+
+def cross_entropy_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int,
+                          ignore_index: int) -> Tuple[Tensor, Tensor, Tensor]:
+    return _ops.cross_entropy_forward(input, target, weight, reduction, ignore_index)
+
+
+def cross_entropy_backward(grad_output: Tensor, input: Tensor, target: Tensor,
+                           weight: Optional[Tensor], reduction: int, ignore_index: int,
+                           lse: Tensor, total_weight: Tensor) -> Tensor:
+    return _ops.cross_entropy_backward(grad_output, input, target, weight, reduction,
+                                       ignore_index, lse, total_weight)
+
+
+# ----------------------------------------------------------------------------- fake kernels
+
+def _dense(t: Tensor, shape=None, dtype=None) -> Tensor:
+    return t.new_empty(t.shape if shape is None else shape, dtype=dtype or t.dtype)
+
+
+def _lse_dtype(input: Tensor) -> torch.dtype:
+    # Half-precision logits keep their log-sum-exp in float32.
+    return torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
+
+
+@torch.library.register_fake("fastnn::linear_forward")
+def _(input, weight, bias):
+    torch._check(weight.dim() == 2, lambda: "fastnn::linear_forward: weight must be 2-D")
+    torch._check(input.dim() >= 1, lambda: "fastnn::linear_forward: input must be at least 1-D")
+    torch._check(input.shape[-1] == weight.shape[1],
+                 lambda: "fastnn::linear_forward: input and weight feature sizes differ")
+    return _dense(input, (*input.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("fastnn::linear_backward")
+def _(grad_output, input, weight, output_mask):
+    return (_dense(input) if output_mask[0] else None,
+            _dense(weight) if output_mask[1] else None,
+            _dense(weight, (weight.shape[0],)) if output_mask[2] else None)
+
+
+@torch.library.register_fake("fastnn::relu_forward")
+def _(input):
+    return _dense(input)
+
+
+@torch.library.register_fake("fastnn::relu_forward_")
+def _(input):
+    return None
+
+
+@torch.library.register_fake("fastnn::relu_backward")
+def _(grad_output, output):
+    return _dense(output)
+
+
+@torch.library.register_fake("fastnn::log_softmax_forward")
+def _(input, dim):
+    return _dense(input)
+
+
+@torch.library.register_fake("fastnn::log_softmax_backward")
+def _(grad_output, output, dim):
+    return _dense(output)
+
+
+def _loss_shape(target: Tensor, reduction: int):
+    return target.shape if reduction == REDUCTION_NONE else ()
+
+
+@torch.library.register_fake("fastnn::nll_loss_forward")
+def _(input, target, weight, reduction, ignore_index):
+    return _dense(input, _loss_shape(target, reduction)), _dense(input, ())
+
+
+@torch.library.register_fake("fastnn::nll_loss_backward")
+def _(grad_output, input, target, weight, reduction, ignore_index, total_weight):
+    return _dense(input)
+
+
+@torch.library.register_fake("fastnn::cross_entropy_forward")
+def _(input, target, weight, reduction, ignore_index):
+    return (_dense(input, _loss_shape(target, reduction)),
+            _dense(input, target.shape, _lse_dtype(input)),
+            _dense(input, ()))
+
+
+@torch.library.register_fake("fastnn::cross_entropy_backward")
+def _(grad_output, input, target, weight, reduction, ignore_index, lse, total_weight):
+    return _dense(input)

@@ -1,0 +1,136 @@
+"""fastnn's functional API, signature-compatible with torch.nn.functional.
+
+    linear(input, weight, bias=None)
+    relu(input, inplace=False)
+    log_softmax(input, dim=None, _stacklevel=3, dtype=None)
+    nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean")
+    cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0)
+
+Autocast (CUDA) is honoured as native does it: linear runs in the autocast dtype,
+log_softmax, nll_loss and cross_entropy in float32. Without autograd (no_grad, or no
+input requiring grad) the forward op is called directly, skipping the Function.
+"""
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.nn import _reduction
+
+from . import _C, _ops
+from ._autograd import (CrossEntropyFunction, LinearFunction, LogSoftmaxFunction,
+                        NLLLossFunction, ReLUFunction, ReLUInplaceFunction)
+
+__all__ = ["linear", "relu", "log_softmax", "nll_loss", "cross_entropy"]
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+_DEVICES = ("cpu", "cuda", "meta")
+_C_WITH_CUDA = bool(_C.WITH_CUDA)
+
+
+def _check_device(op: str, t: Tensor) -> None:
+    kind = t.device.type
+    if kind not in _DEVICES:
+        raise RuntimeError(f"fastnn.{op}: tensors on {kind} are not supported; fastnn has kernels "
+                           f"for cpu and cuda. Move the tensor with .cpu() or .cuda().")
+    if kind == "cuda" and not _C_WITH_CUDA:
+        raise RuntimeError(f"fastnn.{op}: got a CUDA tensor, but this fastnn build has no CUDA "
+                           f"kernels. Rebuild with a CUDA toolkit (FASTNN_CUDA=1 pip install "
+                           f"--no-build-isolation -e .), or use CPU tensors.")
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
+    """The lower-precision dtype autocast asks for on t's device, or None if autocast is off."""
+    if t.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return None
+
+
+def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    # Autocast casts floating tensors other than float64, as native does.
+    if t is None or t.dtype == dtype or t.dtype == torch.float64 or not t.is_floating_point():
+        return t
+    return t.to(dtype)
+
+
+def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    _check_device("linear", input)
+    dtype = _autocast_dtype(input)
+    if dtype is not None:
+        input, weight, bias = _cast(input, dtype), _cast(weight, dtype), _cast(bias, dtype)
+    if _needs_grad(input, weight, bias):
+        return LinearFunction.apply(input, weight, bias)
+    return _ops.linear_forward(input, weight, bias)
+
+
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    _check_device("relu", input)
+    if inplace:
+        if _needs_grad(input):
+            return ReLUInplaceFunction.apply(input)
+        return _ops.relu_forward_(input)
+    if _needs_grad(input):
+        return ReLUFunction.apply(input)
+    return _ops.relu_forward(input)
+
+
+def _legacy_softmax_dim(ndim: int) -> int:
+    warnings.warn("Implicit dimension choice for log_softmax has been deprecated. "
+                  "Change the call to include dim=X as an argument.", stacklevel=3)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def log_softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3,
+                dtype: Optional[torch.dtype] = None) -> Tensor:
+    _check_device("log_softmax", input)
+    if dim is None:
+        dim = _legacy_softmax_dim(input.dim())
+    if dtype is not None:
+        input = input.to(dtype)
+    elif _autocast_dtype(input) is not None:
+        input = _cast(input, torch.float32)
+    if _needs_grad(input):
+        return LogSoftmaxFunction.apply(input, dim)
+    return _ops.log_softmax_forward(input, dim)
+
+
+def _reduction_of(size_average, reduce, reduction: str) -> int:
+    if size_average is not None or reduce is not None:
+        reduction = _reduction.legacy_get_string(size_average, reduce)
+    return _ops.reduction_enum(reduction)
+
+
+def _loss_inputs(op: str, input: Tensor, weight: Optional[Tensor]):
+    _check_device(op, input)
+    if _autocast_dtype(input) is not None:
+        input, weight = _cast(input, torch.float32), _cast(weight, torch.float32)
+    return input, weight
+
+
+def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, size_average=None,
+             ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
+    red = _reduction_of(size_average, reduce, reduction)
+    input, weight = _loss_inputs("nll_loss", input, weight)
+    if _needs_grad(input):  # like native, no gradient flows to `weight`
+        return NLLLossFunction.apply(input, target, weight, red, ignore_index)[0]
+    return _ops.nll_loss_forward(input, target, weight, red, ignore_index)[0]
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                  size_average=None, ignore_index: int = -100, reduce=None,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    if target.is_floating_point() or label_smoothing != 0.0:
+        raise NotImplementedError(
+            "fastnn.cross_entropy supports class-index targets without label smoothing; for "
+            "probability targets or label_smoothing > 0 use torch.nn.functional.cross_entropy.")
+    red = _reduction_of(size_average, reduce, reduction)
+    input, weight = _loss_inputs("cross_entropy", input, weight)
+    if _needs_grad(input):
+        return CrossEntropyFunction.apply(input, target, weight, red, ignore_index)[0]
+    return _ops.cross_entropy_forward(input, target, weight, red, ignore_index)[0]
+
