@@ -117,7 +117,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, siz
     red = _reduction_of(size_average, reduce, reduction)
     input, weight = _loss_inputs("nll_loss", input, weight)
     if _needs_grad(input):  # like native, no gradient flows to `weight`
-        return NLLLossFunction.apply(input, target, weight, red, ignore_index)[0]
+        return NLLLossFunction.apply(input, target, weight, red, ignore_index)
     return _ops.nll_loss_forward(input, target, weight, red, ignore_index)[0]
 
 
@@ -131,6 +131,6 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     red = _reduction_of(size_average, reduce, reduction)
     input, weight = _loss_inputs("cross_entropy", input, weight)
     if _needs_grad(input):
-        return CrossEntropyFunction.apply(input, target, weight, red, ignore_index)[0]
+        return CrossEntropyFunction.apply(input, target, weight, red, ignore_index)
     return _ops.cross_entropy_forward(input, target, weight, red, ignore_index)[0]
 

@@ -7,11 +7,15 @@
 // Contents (namespace fastnn::vec):
 //   exp_ps(x)            8 x expf, Cephes polynomial (~1-2 ulp), exp(-inf) = 0,
 //                        exp(+inf) = inf, NaN in -> NaN out, underflow (< -87.3) -> 0.
+//   exp_nonpos_ps(x)     cheaper expf for x <= 0 (softmax sums); tiny inputs give ~1e-38.
+//   log_ps(x)            8 x logf (Cephes, ~1 ulp).
 //   exp_pd(x)            4 x exp in double precision (~1 ulp), same special cases.
 //   hmax_ps / hsum_ps / hsum_pd, hsum_ps_as_double   horizontal reductions.
 //   tail_mask_ps(n)      lane mask for the first n (0..8) lanes, for maskload/maskstore.
-//   row_max_sumexp(x, n, &m, &s)   m = max(x[0..n)), s = sum exp(x - m) (float, contiguous).
-//   cols_max_sumexp(...) the same for 8 adjacent columns of a [rows, stride] block.
+//   F32x8 / F64x4        traits wrapping one AVX2 register (load/store/masked tails/exp/log...)
+//                        so kernels are written once as template <class A>.
+//   row_max<A>, row_sumexp<A>   max / sum exp(x - m) of a contiguous row (masked tail).
+//   cols_max_sumexp<A>   the same for W adjacent columns of a [rows, stride] block.
 //
 // NaN handling: max ignores NaN lanes the way _mm256_max_ps does, but exp(NaN)
 // is NaN, so a NaN anywhere in a row makes its sum-of-exp (and so the whole
@@ -28,6 +32,9 @@
 #include <immintrin.h>
 #endif
 
+// AVX2 helpers are force-inlined into the (AVX2-targeted) kernels that use them.
+#define FASTNN_VEC_INLINE FASTNN_TARGET_AVX2 inline __attribute__((always_inline))
+
 namespace fastnn {
 namespace vec {
 
@@ -38,24 +45,24 @@ alignas(32) static const int32_t kTailMaskTable[16] = {-1, -1, -1, -1, -1, -1, -
                                                        0,  0,  0,  0,  0,  0,  0,  0};
 
 // Mask with the first n lanes (0 <= n <= 8) set.
-FASTNN_TARGET_AVX2 inline __m256i tail_mask_ps(int64_t n) {
+FASTNN_VEC_INLINE __m256i tail_mask_ps(int64_t n) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTailMaskTable + 8 - n));
 }
 
 // Mask with the first n lanes (0 <= n <= 4) of a 4 x double vector set.
-FASTNN_TARGET_AVX2 inline __m256i tail_mask_pd(int64_t n) {
+FASTNN_VEC_INLINE __m256i tail_mask_pd(int64_t n) {
   alignas(32) static const int64_t t[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 4 - n));
 }
 
 // Loads the first n lanes from p; the other lanes are `fill`.
-FASTNN_TARGET_AVX2 inline __m256 load_tail_ps(const float* p, int64_t n, float fill) {
+FASTNN_VEC_INLINE __m256 load_tail_ps(const float* p, int64_t n, float fill) {
   const __m256i m = tail_mask_ps(n);
   const __m256 v = _mm256_maskload_ps(p, m);
   return _mm256_blendv_ps(_mm256_set1_ps(fill), v, _mm256_castsi256_ps(m));
 }
 
-FASTNN_TARGET_AVX2 inline void store_tail_ps(float* p, int64_t n, __m256 v) {
+FASTNN_VEC_INLINE void store_tail_ps(float* p, int64_t n, __m256 v) {
   _mm256_maskstore_ps(p, tail_mask_ps(n), v);
 }
 
@@ -63,7 +70,7 @@ FASTNN_TARGET_AVX2 inline void store_tail_ps(float* p, int64_t n, __m256 v) {
 // expf for 8 lanes. Range reduction x = n ln2 + r (|r| <= ln2/2, Cody-Waite in two
 // parts), e^r by the Cephes degree-6 polynomial, result scaled by 2^n via the
 // exponent bits. Inputs below -87.33654 (where 2^n would be denormal) give 0.
-FASTNN_TARGET_AVX2 inline __m256 exp_ps(__m256 x) {
+FASTNN_VEC_INLINE __m256 exp_ps(__m256 x) {
   const __m256 hi = _mm256_set1_ps(88.72283935546875f);
   const __m256 lo = _mm256_set1_ps(-87.33654022216797f);
   // operand order keeps NaN: min/max return the second operand when one is NaN
@@ -96,10 +103,73 @@ FASTNN_TARGET_AVX2 inline __m256 exp_ps(__m256 x) {
   return y;
 }
 
+// exp for inputs known to be <= 0 (or NaN), e.g. x - max(x) in softmax sums: same
+// accuracy as exp_ps (~1-2 ulp) but cheaper: a shorter polynomial, no overflow handling, 2^n from the
+// rounding "magic number" bits, and inputs below -87.34 (including -inf) give
+// 2^-126 * e^r ~ 1e-38 instead of 0, which is harmless inside a sum that is >= 1.
+FASTNN_VEC_INLINE __m256 exp_nonpos_ps(__m256 x) {
+  const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-87.33654022216797f), x);  // keeps NaN
+  // t = x*log2(e) + 1.5*2^23 rounds to an integer n held in t's low mantissa bits
+  const __m256 magic = _mm256_set1_ps(12582912.0f);
+  const __m256 t = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 n = _mm256_sub_ps(t, magic);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  // e^r = 1 + r + r^2 q(r), q a degree-4 least-relative-error fit on |r| <= ln2/2
+  // (one term shorter than Cephes; max relative error 1.2e-7 in float, as Cephes)
+  __m256 p = _mm256_set1_ps(1.3750664038e-03f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3691210751e-03f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1669565430e-02f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666516754e-01f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.9999988400e-01f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // (n + 127) << 23; the magic's own bits are shifted out
+  const __m256 scale = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127)), 23));
+  return _mm256_mul_ps(p, scale);
+}
+
+// log for 8 floats (Cephes logf polynomial, ~1 ulp) for positive normal inputs;
+// 0 -> -inf, negative / NaN -> NaN, +inf -> +inf. Used for per-row log-sum-exp.
+FASTNN_VEC_INLINE __m256 log_ps(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 invalid = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NGE_UQ);  // x < 0 or NaN
+  const __m256 zero_in = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ);
+  const __m256 inf_in = _mm256_cmp_ps(x, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ);
+  __m256 xm = _mm256_max_ps(x, _mm256_set1_ps(1.17549435e-38f));  // min normal
+  __m256i e = _mm256_srli_epi32(_mm256_castps_si256(xm), 23);
+  xm = _mm256_and_ps(xm, _mm256_castsi256_ps(_mm256_set1_epi32(~0x7f800000)));
+  xm = _mm256_or_ps(xm, _mm256_set1_ps(0.5f));  // mantissa in [0.5, 1)
+  e = _mm256_sub_epi32(e, _mm256_set1_epi32(126));
+  __m256 ef = _mm256_cvtepi32_ps(e);
+  const __m256 small = _mm256_cmp_ps(xm, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+  // if xm < sqrt(1/2): e -= 1, xm = 2xm - 1 else xm = xm - 1
+  ef = _mm256_sub_ps(ef, _mm256_and_ps(one, small));
+  xm = _mm256_add_ps(_mm256_sub_ps(xm, one), _mm256_and_ps(xm, small));
+  const __m256 z = _mm256_mul_ps(xm, xm);
+  __m256 y = _mm256_set1_ps(7.0376836292E-2f);
+  y = _mm256_fmadd_ps(y, xm, _mm256_set1_ps(-1.1514610310E-1f));
+  y = _mm256_fmadd_ps(y, xm, _mm256_set1_ps(1.1676998740E-1f));
+  y = _mm256_fmadd_ps(y, xm, _mm256_set1_ps(-1.2420140846E-1f));
+  y = _mm256_fmadd_ps(y, xm, _mm256_set1_ps(1.4249322787E-1f));
+  y = _mm256_fmadd_ps(y, xm, _mm256_set1_ps(-1.6668057665E-1f));
+  y = _mm256_fmadd_ps(y, xm, _mm256_set1_ps(2.0000714765E-1f));
+  y = _mm256_fmadd_ps(y, xm, _mm256_set1_ps(-2.4999993993E-1f));
+  y = _mm256_fmadd_ps(y, xm, _mm256_set1_ps(3.3333331174E-1f));
+  y = _mm256_mul_ps(_mm256_mul_ps(y, xm), z);
+  y = _mm256_fmadd_ps(ef, _mm256_set1_ps(-2.12194440e-4f), y);
+  y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
+  __m256 r = _mm256_add_ps(xm, y);
+  r = _mm256_fmadd_ps(ef, _mm256_set1_ps(0.693359375f), r);
+  r = _mm256_blendv_ps(r, _mm256_set1_ps(-INFINITY), zero_in);
+  r = _mm256_blendv_ps(r, _mm256_set1_ps(INFINITY), inf_in);
+  return _mm256_or_ps(r, invalid);  // all-ones lanes are NaN
+}
+
 // exp for 4 doubles: n = round(x / ln2), r = x - n ln2 (two-part ln2), e^r by a
 // degree-13 Taylor/Horner polynomial (|r| <= 0.347, truncation error < 1e-17
 // relative), scaled by 2^n in two halves. x < -708.39 -> 0, x > 709.78 -> inf.
-FASTNN_TARGET_AVX2 inline __m256d exp_pd(__m256d x) {
+FASTNN_VEC_INLINE __m256d exp_pd(__m256d x) {
   const __m256d hi = _mm256_set1_pd(709.782712893384);
   const __m256d lo = _mm256_set1_pd(-708.3964185322641);
   __m256d xc = _mm256_min_pd(hi, x);
@@ -137,128 +207,219 @@ FASTNN_TARGET_AVX2 inline __m256d exp_pd(__m256d x) {
 }
 
 // ------------------------------------------------------------------ horizontal
-FASTNN_TARGET_AVX2 inline float hmax_ps(__m256 v) {
+FASTNN_VEC_INLINE float hmax_ps(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
   m = _mm_max_ss(m, _mm_movehdup_ps(m));
   return _mm_cvtss_f32(m);
 }
 
-FASTNN_TARGET_AVX2 inline float hsum_ps(__m256 v) {
+FASTNN_VEC_INLINE float hsum_ps(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
 
-FASTNN_TARGET_AVX2 inline double hsum_pd(__m256d v) {
+FASTNN_VEC_INLINE double hsum_pd(__m256d v) {
   __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
   s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
   return _mm_cvtsd_f64(s);
 }
 
-FASTNN_TARGET_AVX2 inline double hmax_pd(__m256d v) {
+FASTNN_VEC_INLINE double hmax_pd(__m256d v) {
   __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
   m = _mm_max_sd(m, _mm_unpackhi_pd(m, m));
   return _mm_cvtsd_f64(m);
 }
 
 // Sum of 8 floats, accumulated in double.
-FASTNN_TARGET_AVX2 inline double hsum_ps_as_double(__m256 v) {
+FASTNN_VEC_INLINE double hsum_ps_as_double(__m256 v) {
   const __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
   const __m256d b = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
   return hsum_pd(_mm256_add_pd(a, b));
 }
 
+// ------------------------------------------------------------------ vector traits
+// F32x8 / F64x4 wrap one AVX2 register of float / double behind one interface so
+// kernels can be written once as templates over the trait (template <class A>).
+struct F32x8 {
+  using T = float;
+  using V = __m256;
+  static constexpr int64_t W = 8;
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V load(const T* p) { return _mm256_loadu_ps(p); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static void store(T* p, V v) { _mm256_storeu_ps(p, v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static __m256i mask(int64_t n) { return tail_mask_ps(n); }
+  // masked load: lanes outside the mask read as 0 (memory is not touched there)
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V mload(const T* p, __m256i m) { return _mm256_maskload_ps(p, m); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static void mstore(T* p, __m256i m, V v) { _mm256_maskstore_ps(p, m, v); }
+  // v where the mask is set, else 0 / else f
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V mkeep(V v, __m256i m) { return _mm256_and_ps(v, _mm256_castsi256_ps(m)); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V mfill(V v, __m256i m, T f) {
+    return _mm256_blendv_ps(_mm256_set1_ps(f), v, _mm256_castsi256_ps(m));
+  }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V set1(T v) { return _mm256_set1_ps(v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V zero() { return _mm256_setzero_ps(); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V band(V a, V b) { return _mm256_and_ps(a, b); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a*b
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V exp(V v) { return exp_ps(v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V exp_nonpos(V v) { return exp_nonpos_ps(v); }
+  // v - (lane == k ? s : 0), k in [0, W)
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V sub_at_lane(V v, int64_t k, V s) {
+    const __m256i m = _mm256_cmpeq_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                         _mm256_set1_epi32(static_cast<int>(k)));
+    return _mm256_sub_ps(v, _mm256_and_ps(s, _mm256_castsi256_ps(m)));
+  }
+  // gathers p[lane * stride] (stride * 8 must fit in int32)
+  using I = __m256i;
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static I lane_offsets(int64_t stride) {
+    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                              _mm256_set1_epi32(static_cast<int>(stride)));
+  }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V gather(const T* p, I off) { return _mm256_i32gather_ps(p, off, 4); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static T hmax(V v) { return hmax_ps(v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static T hsum(V v) { return hsum_ps(v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V log(V v) { return log_ps(v); }
+};
+
+struct F64x4 {
+  using T = double;
+  using V = __m256d;
+  static constexpr int64_t W = 4;
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V load(const T* p) { return _mm256_loadu_pd(p); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static void store(T* p, V v) { _mm256_storeu_pd(p, v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static __m256i mask(int64_t n) { return tail_mask_pd(n); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V mload(const T* p, __m256i m) { return _mm256_maskload_pd(p, m); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static void mstore(T* p, __m256i m, V v) { _mm256_maskstore_pd(p, m, v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V mkeep(V v, __m256i m) { return _mm256_and_pd(v, _mm256_castsi256_pd(m)); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V mfill(V v, __m256i m, T f) {
+    return _mm256_blendv_pd(_mm256_set1_pd(f), v, _mm256_castsi256_pd(m));
+  }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V set1(T v) { return _mm256_set1_pd(v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V zero() { return _mm256_setzero_pd(); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V max(V a, V b) { return _mm256_max_pd(a, b); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V band(V a, V b) { return _mm256_and_pd(a, b); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V exp(V v) { return exp_pd(v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V exp_nonpos(V v) { return exp_pd(v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V sub_at_lane(V v, int64_t k, V s) {
+    const __m256i m = _mm256_cmpeq_epi64(_mm256_setr_epi64x(0, 1, 2, 3), _mm256_set1_epi64x(k));
+    return _mm256_sub_pd(v, _mm256_and_pd(s, _mm256_castsi256_pd(m)));
+  }
+  using I = __m128i;
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static I lane_offsets(int64_t stride) {
+    return _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(static_cast<int>(stride)));
+  }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V gather(const T* p, I off) { return _mm256_i32gather_pd(p, off, 8); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static T hmax(V v) { return hmax_pd(v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static T hsum(V v) { return hsum_pd(v); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V log(V v) {
+    alignas(32) T t[4];
+    _mm256_store_pd(t, v);
+    for (auto& e : t) e = std::log(e);
+    return _mm256_load_pd(t);
+  }
+};
+
+template <typename T>
+struct Avx2Of;
+template <>
+struct Avx2Of<float> {
+  using type = F32x8;
+};
+template <>
+struct Avx2Of<double> {
+  using type = F64x4;
+};
+
 // ------------------------------------------------------------------ row reductions
 // Max of x[0..n), n >= 1 (NaN lanes may or may not win; see the file comment).
-FASTNN_TARGET_AVX2 inline float row_max_ps(const float* x, int64_t n) {
-  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  __m256 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+template <class A>
+FASTNN_VEC_INLINE typename A::T row_max(const typename A::T* x, int64_t n) {
+  using V = typename A::V;
+  constexpr int64_t W = A::W;
+  const typename A::T ninf = -std::numeric_limits<typename A::T>::infinity();
+  V m0 = A::set1(ninf), m1 = m0, m2 = m0, m3 = m0;
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
-    m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + i + 8));
-    m2 = _mm256_max_ps(m2, _mm256_loadu_ps(x + i + 16));
-    m3 = _mm256_max_ps(m3, _mm256_loadu_ps(x + i + 24));
+  for (; i + 4 * W <= n; i += 4 * W) {
+    m0 = A::max(m0, A::load(x + i));
+    m1 = A::max(m1, A::load(x + i + W));
+    m2 = A::max(m2, A::load(x + i + 2 * W));
+    m3 = A::max(m3, A::load(x + i + 3 * W));
   }
-  for (; i + 8 <= n; i += 8) m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
-  if (i < n) m1 = _mm256_max_ps(m1, load_tail_ps(x + i, n - i, -INFINITY));
-  return hmax_ps(_mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
-}
-
-// sum exp(x[i] - m) over [0, n), accumulated in float lanes (like torch).
-FASTNN_TARGET_AVX2 inline float row_sumexp_ps(const float* x, int64_t n, float m) {
-  const __m256 vm = _mm256_set1_ps(m);
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    s0 = _mm256_add_ps(s0, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm)));
-    s1 = _mm256_add_ps(s1, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vm)));
-    s2 = _mm256_add_ps(s2, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + 16), vm)));
-    s3 = _mm256_add_ps(s3, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + 24), vm)));
-  }
-  for (; i + 8 <= n; i += 8)
-    s0 = _mm256_add_ps(s0, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm)));
+  for (; i + W <= n; i += W) m0 = A::max(m0, A::load(x + i));
   if (i < n) {
-    // masked lanes load -inf: exp(-inf - m) = 0 (or NaN when m is -inf/NaN, which
-    // only happens when the whole row is -inf/NaN and the result is NaN anyway)
-    const __m256i mask = tail_mask_ps(n - i);
-    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, mask), vm));
-    s1 = _mm256_add_ps(s1, _mm256_and_ps(e, _mm256_castsi256_ps(mask)));
+    const __m256i tm = A::mask(n - i);
+    m1 = A::max(m1, A::mfill(A::mload(x + i, tm), tm, ninf));
   }
-  return hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  return A::hmax(A::max(A::max(m0, m1), A::max(m2, m3)));
 }
 
-// m = max(x[0..n)), s = sum exp(x - m); n >= 1.
-FASTNN_TARGET_AVX2 inline void row_max_sumexp(const float* x, int64_t n, float& m, float& s) {
-  m = row_max_ps(x, n);
-  s = row_sumexp_ps(x, n, m);
+// sum exp(x[i] - m) over [0, n), accumulated in the input precision (like torch).
+template <class A>
+FASTNN_VEC_INLINE typename A::T row_sumexp(const typename A::T* x, int64_t n,
+                                                   typename A::T m) {
+  using V = typename A::V;
+  constexpr int64_t W = A::W;
+  const V vm = A::set1(m);
+  V s0 = A::zero(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    s0 = A::add(s0, A::exp_nonpos(A::sub(A::load(x + i), vm)));
+    s1 = A::add(s1, A::exp_nonpos(A::sub(A::load(x + i + W), vm)));
+    s2 = A::add(s2, A::exp_nonpos(A::sub(A::load(x + i + 2 * W), vm)));
+    s3 = A::add(s3, A::exp_nonpos(A::sub(A::load(x + i + 3 * W), vm)));
+  }
+  for (; i + W <= n; i += W) s0 = A::add(s0, A::exp_nonpos(A::sub(A::load(x + i), vm)));
+  if (i < n) {
+    const __m256i tm = A::mask(n - i);
+    s1 = A::add(s1, A::mkeep(A::exp_nonpos(A::sub(A::mload(x + i, tm), vm)), tm));
+  }
+  return A::hsum(A::add(A::add(s0, s1), A::add(s2, s3)));
 }
 
-// Columns version: x points at column j of a [rows, stride] block; for the
-// `w` (1..8) columns j..j+w-1, m[k] = max over rows, s[k] = sum exp(x - m[k]).
-// Returned as vectors; lanes >= w hold finite filler values callers must ignore.
-FASTNN_TARGET_AVX2 inline void cols_max_sumexp(const float* x, int64_t rows, int64_t stride,
-                                               int64_t w, __m256& vmax, __m256& vsum) {
-  const __m256 ninf = _mm256_set1_ps(-INFINITY);
-  if (w == 8) {
-    __m256 m0 = ninf, m1 = ninf;
+// Columns version: x points at column j of a [rows, stride] block; for the w
+// (1..W) columns j..j+w-1: vmax = max over rows, vsum = sum exp(x - vmax).
+// Lanes >= w hold finite filler values that callers must ignore.
+template <class A>
+FASTNN_VEC_INLINE void cols_max_sumexp(const typename A::T* x, int64_t rows,
+                                               int64_t stride, int64_t w, typename A::V& vmax,
+                                               typename A::V& vsum) {
+  using V = typename A::V;
+  const V ninf = A::set1(-std::numeric_limits<typename A::T>::infinity());
+  if (w == A::W) {
+    V m0 = ninf, m1 = ninf;
     int64_t r = 0;
     for (; r + 2 <= rows; r += 2) {
-      m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + r * stride));
-      m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + (r + 1) * stride));
+      m0 = A::max(m0, A::load(x + r * stride));
+      m1 = A::max(m1, A::load(x + (r + 1) * stride));
     }
-    if (r < rows) m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + r * stride));
-    const __m256 m = _mm256_max_ps(m0, m1);
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    if (r < rows) m0 = A::max(m0, A::load(x + r * stride));
+    const V m = A::max(m0, m1);
+    V s0 = A::zero(), s1 = s0;
     for (r = 0; r + 2 <= rows; r += 2) {
-      s0 = _mm256_add_ps(s0, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + r * stride), m)));
-      s1 = _mm256_add_ps(s1, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + (r + 1) * stride), m)));
+      s0 = A::add(s0, A::exp_nonpos(A::sub(A::load(x + r * stride), m)));
+      s1 = A::add(s1, A::exp_nonpos(A::sub(A::load(x + (r + 1) * stride), m)));
     }
-    if (r < rows) s0 = _mm256_add_ps(s0, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + r * stride), m)));
+    if (r < rows) s0 = A::add(s0, A::exp_nonpos(A::sub(A::load(x + r * stride), m)));
     vmax = m;
-    vsum = _mm256_add_ps(s0, s1);
+    vsum = A::add(s0, s1);
   } else {
-    const __m256i mask = tail_mask_ps(w);
-    __m256 m = ninf;
-    for (int64_t r = 0; r < rows; ++r) m = _mm256_max_ps(m, _mm256_maskload_ps(x + r * stride, mask));
-    __m256 s = _mm256_setzero_ps();
-    for (int64_t r = 0; r < rows; ++r)
-      s = _mm256_add_ps(s, exp_ps(_mm256_sub_ps(_mm256_maskload_ps(x + r * stride, mask), m)));
+    const __m256i tm = A::mask(w);
+    V m = ninf;
+    for (int64_t r = 0; r < rows; ++r) m = A::max(m, A::mload(x + r * stride, tm));
+    V s = A::zero();
+    for (int64_t r = 0; r < rows; ++r) s = A::add(s, A::exp_nonpos(A::sub(A::mload(x + r * stride, tm), m)));
     vmax = m;
-    vsum = s;
+    vsum = A::mfill(s, tm, typename A::T(1));
   }
-}
-
-// ------------------------------------------------------------------ log for 8 lanes (scalar)
-// log of each lane via std::log (called once per row block; not hot).
-FASTNN_TARGET_AVX2 inline __m256 log_ps_scalar(__m256 v) {
-  alignas(32) float t[8];
-  _mm256_store_ps(t, v);
-  for (int k = 0; k < 8; ++k) t[k] = std::log(t[k]);
-  return _mm256_load_ps(t);
 }
 
 #endif  // FASTNN_HAVE_X86

@@ -1,0 +1,446 @@
+// Fused cross-entropy on the CPU: fastnn::cross_entropy_forward / cross_entropy_backward
+// (= log_softmax over the class dim + NLL with class-index targets, no label smoothing).
+//
+// Shapes (see loss_shapes.h): input (C), (N, C) or (N, C, d1, ..., dk) viewed as a dense
+// [N, C, S]; target () / (N) / (N, d1, ..., dk) viewed as [N, S]; optional weight (C).
+// Forward, per position p = (n, s), over the C logits x[n, :, s]:
+//   m = max_c x,  ls = log(sum_c exp(x - m)),  lse[n, s] = m + ls   (lse: target's shape)
+//   loss[n, s] = -w[t] * ((x[n, t, s] - m) - ls)  for t = target[n, s] != ignore_index
+//   total_weight = sum of w[t] over non-ignored positions (0-dim, every reduction)
+//   reduction none -> loss (target's shape, 0 where ignored); sum -> sum of loss;
+//   mean -> sum of loss / total_weight (NaN when nothing is counted, like torch).
+// Backward (from the saved lse, no saved log-probs), g = grad_output[n, s] (none),
+// grad_output (sum) or grad_output / total_weight (mean):
+//   grad[n, c, s] = g * w[t] * (exp(x[n, c, s] - lse[n, s]) - [c == t]),  0 if ignored.
+// Targets outside [0, C) other than ignore_index raise IndexError.
+//
+// Work split:
+//   * S == 1: each row of C logits is read once while it sits in L1: one vector pass for
+//     the max and one for sum(exp(x - max)) (AVX2, masked tails; scalar fallback), then
+//     the target logit is gathered; the logs of 8 rows are one vector log. For C <= 32
+//     the forward instead puts 8 rows in the 8 lanes and walks the classes with gathers
+//     (no horizontal reductions). Backward writes each row in one vectorised pass, the
+//     one-hot term subtracted in registers.
+//   * S > 1: no transposes; 8 (float) / 4 (double) adjacent spatial positions form one
+//     vector and the C class rows are walked with stride S.
+//   * Forward positions are grouped in fixed chunks whose size depends only on C (never
+//     on the thread count); chunks run in parallel with at::parallel_for when there are
+//     several, each accumulates loss / weight in double, and the partials are summed
+//     serially in chunk order -> bitwise identical results for any thread count. A single
+//     chunk (small batches) runs inline: no parallel_for, no scratch allocation, and no
+//     .contiguous() copies for already dense inputs, to keep per-call overhead low.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/EmptyTensor.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "fastnn/checks.h"
+#include "fastnn/cpu_features.h"
+#include "fastnn/cpu_vec.h"
+#include "fastnn/dispatch.h"
+#include "fastnn/loss_shapes.h"
+
+namespace fastnn {
+namespace {
+
+// Dense output of `like`'s dtype on the CPU. Same allocation as at::empty, without
+// the dispatcher round trip (matters for the tiny per-call-overhead-bound sizes).
+inline at::Tensor dense_empty(at::IntArrayRef sizes, const at::Tensor& like) {
+  return at::Tensor(at::detail::empty_cpu(sizes, like.scalar_type()));
+}
+
+constexpr int64_t kChunkElems = 16384;  // logits per reduction chunk / parallel task
+constexpr int64_t kChunksPerTask = 2;   // parallel grain, in chunks
+constexpr int64_t kSmallC = 32;         // rows-as-lanes forward up to this many classes
+
+struct Partial {
+  double loss = 0, weight = 0;
+};
+
+[[noreturn]] C10_NOINLINE void throw_bad_target(const char* op, int64_t t, int64_t C,
+                                                int64_t ignore_index) {
+  TORCH_CHECK_INDEX(false, "fastnn::", op, ": Target ", t,
+                    " is out of bounds: class indices must be in [0, ", C - 1,
+                    "] (C = ", C, ") or equal ignore_index (", ignore_index, ").");
+  std::abort();  // unreachable
+}
+
+struct Args {
+  int64_t C, S, ignore_index;
+};
+
+// Accumulates position p's loss given its m and ls; writes the none-reduction entry.
+template <typename T>
+inline void add_loss(Partial& acc, const T* x_ns /* x at (n, 0, s) */, const int64_t* tgt,
+                     const T* w, T* out_none, int64_t p, T m, T ls, const Args& a) {
+  const int64_t t = tgt[p];
+  if (t == a.ignore_index) {
+    if (out_none) out_none[p] = T(0);
+    return;
+  }
+  if (C10_UNLIKELY(t < 0 || t >= a.C)) throw_bad_target("cross_entropy_forward", t, a.C, a.ignore_index);
+  const T wt = w ? w[t] : T(1);
+  const T v = -wt * ((x_ns[t * a.S] - m) - ls);
+  if (out_none) out_none[p] = v;
+  acc.loss += static_cast<double>(v);
+  acc.weight += static_cast<double>(wt);
+}
+
+// ---------------------------------------------------------------- forward, scalar
+template <typename T>
+Partial forward_scalar(const T* x, const int64_t* tgt, const T* w, T* out_none, T* lse,
+                       int64_t p0, int64_t p1, const Args& a) {
+  Partial acc;
+  const int64_t C = a.C, S = a.S;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n = p / S, s = p - n * S;
+    const T* xr = x + n * C * S + s;
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t c = 0; c < C; ++c) m = std::max(m, xr[c * S]);
+    double sum = 0;  // scalar path: sum in double (as accurate as the vector path or better)
+    for (int64_t c = 0; c < C; ++c) sum += static_cast<double>(std::exp(xr[c * S] - m));
+    const T ls = static_cast<T>(std::log(sum));
+    lse[p] = m + ls;
+    add_loss(acc, xr, tgt, w, out_none, p, m, ls, a);
+  }
+  return acc;
+}
+
+#if FASTNN_HAVE_X86
+// ---------------------------------------------------------------- forward, AVX2
+template <class A>
+FASTNN_TARGET_AVX2 Partial forward_avx2(const typename A::T* x, const int64_t* tgt,
+                                        const typename A::T* w, typename A::T* out_none,
+                                        typename A::T* lse, int64_t p0, int64_t p1,
+                                        const Args& a) {
+  using T = typename A::T;
+  using V = typename A::V;
+  Partial acc;
+  const int64_t C = a.C, S = a.S;
+  alignas(32) T mv[A::W], lv[A::W];
+  if (S == 1) {
+    int64_t p = p0;
+    if (C <= kSmallC) {
+      // Small C (e.g. 10 classes): lanes are W rows, walked class by class with
+      // gathers, so max / exp / sum / log all run on full vectors with no
+      // horizontal reductions.
+      const typename A::I off = A::lane_offsets(C);
+      const V ninf = A::set1(-std::numeric_limits<T>::infinity());
+      V cols[kSmallC];
+      for (; p + A::W <= p1; p += A::W) {
+        const T* xb = x + p * C;
+        V m = ninf;
+        for (int64_t c = 0; c < C; ++c) {  // one gather per class, kept in L1 scratch
+          cols[c] = A::gather(xb + c, off);
+          m = A::max(m, cols[c]);
+        }
+        V sum = A::zero();
+        for (int64_t c = 0; c < C; ++c) sum = A::add(sum, A::exp_nonpos(A::sub(cols[c], m)));
+        const V ls = A::log(sum);
+        A::store(lse + p, A::add(m, ls));
+        A::store(mv, m);
+        A::store(lv, ls);
+        for (int64_t k = 0; k < A::W; ++k) add_loss(acc, xb + k * C, tgt, w, out_none, p + k, mv[k], lv[k], a);
+      }
+    }
+    // W rows at a time so the W logs are one vector log
+    for (; p < p1; p += A::W) {
+      const int64_t nr = std::min<int64_t>(A::W, p1 - p);
+      for (int64_t k = 0; k < nr; ++k) {
+        const T* xr = x + (p + k) * C;
+        mv[k] = vec::row_max<A>(xr, C);
+        lv[k] = vec::row_sumexp<A>(xr, C, mv[k]);
+      }
+      for (int64_t k = nr; k < A::W; ++k) lv[k] = T(1);
+      A::store(lv, A::log(A::load(lv)));
+      for (int64_t k = 0; k < nr; ++k) {
+        lse[p + k] = mv[k] + lv[k];
+        add_loss(acc, x + (p + k) * C, tgt, w, out_none, p + k, mv[k], lv[k], a);
+      }
+    }
+    return acc;
+  }
+  for (int64_t p = p0; p < p1;) {
+    const int64_t n = p / S, s0 = p - n * S;
+    const int64_t s1 = std::min(S, s0 + (p1 - p));
+    for (int64_t s = s0; s < s1; s += A::W) {
+      const int64_t wd = std::min<int64_t>(A::W, s1 - s);
+      const T* xb = x + n * C * S + s;
+      V m, sum;
+      vec::cols_max_sumexp<A>(xb, C, S, wd, m, sum);
+      A::store(mv, m);
+      A::store(lv, A::log(sum));
+      const int64_t pb = n * S + s;
+      for (int64_t k = 0; k < wd; ++k) {
+        lse[pb + k] = mv[k] + lv[k];
+        add_loss(acc, xb + k, tgt, w, out_none, pb + k, mv[k], lv[k], a);
+      }
+    }
+    p += s1 - s0;
+  }
+  return acc;
+}
+#endif
+
+template <typename T>
+Partial forward_range(const T* x, const int64_t* tgt, const T* w, T* out_none, T* lse,
+                      int64_t p0, int64_t p1, const Args& a) {
+#if FASTNN_HAVE_X86
+  if (cpu_has_avx2_fma())
+    return forward_avx2<typename vec::Avx2Of<T>::type>(x, tgt, w, out_none, lse, p0, p1, a);
+#endif
+  return forward_scalar(x, tgt, w, out_none, lse, p0, p1, a);
+}
+
+// ---------------------------------------------------------------- backward
+// Per-position scale a = g * w[t] (0 for ignored positions), target checked.
+template <typename T>
+inline T row_scale(const int64_t* tgt, const T* w, const T* g_none, T g_red, int64_t p,
+                   const Args& a, int64_t& t) {
+  t = tgt[p];
+  if (t == a.ignore_index) return T(0);
+  if (C10_UNLIKELY(t < 0 || t >= a.C)) throw_bad_target("cross_entropy_backward", t, a.C, a.ignore_index);
+  const T g = g_none ? g_none[p] : g_red;
+  return w ? g * w[t] : g;
+}
+
+template <typename T>
+void backward_scalar(const T* x, const int64_t* tgt, const T* w, const T* g_none, T g_red,
+                     const T* lse, T* gi, int64_t p0, int64_t p1, const Args& a) {
+  const int64_t C = a.C, S = a.S;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n = p / S, s = p - n * S;
+    const T* xr = x + n * C * S + s;
+    T* gr = gi + n * C * S + s;
+    int64_t t;
+    const T sc = row_scale(tgt, w, g_none, g_red, p, a, t);
+    if (t == a.ignore_index) {
+      for (int64_t c = 0; c < C; ++c) gr[c * S] = T(0);
+      continue;
+    }
+    const T l = lse[p];
+    for (int64_t c = 0; c < C; ++c) gr[c * S] = std::exp(xr[c * S] - l) * sc;
+    gr[t * S] -= sc;
+  }
+}
+
+#if FASTNN_HAVE_X86
+template <class A>
+FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt,
+                                      const typename A::T* w, const typename A::T* g_none,
+                                      typename A::T g_red, const typename A::T* lse,
+                                      typename A::T* gi, int64_t p0, int64_t p1, const Args& a) {
+  using T = typename A::T;
+  using V = typename A::V;
+  constexpr int64_t W = A::W;
+  const int64_t C = a.C, S = a.S;
+  if (S == 1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const T* xr = x + p * C;
+      T* gr = gi + p * C;
+      int64_t t;
+      const T sc = row_scale(tgt, w, g_none, g_red, p, a, t);
+      int64_t c = 0;
+      if (t == a.ignore_index) {
+        for (; c + W <= C; c += W) A::store(gr + c, A::zero());
+        if (c < C) A::mstore(gr + c, A::mask(C - c), A::zero());
+        continue;
+      }
+      // the one-hot term is subtracted in registers (no store-then-reload of gr[t])
+      const V vl = A::set1(lse[p]), vs = A::set1(sc);
+      for (; c + W <= C; c += W) {
+        V v = A::mul(A::exp(A::sub(A::load(xr + c), vl)), vs);
+        if (t >= c && t < c + W) v = A::sub_at_lane(v, t - c, vs);
+        A::store(gr + c, v);
+      }
+      if (c < C) {
+        const __m256i tm = A::mask(C - c);
+        V v = A::mul(A::exp(A::sub(A::mload(xr + c, tm), vl)), vs);
+        if (t >= c) v = A::sub_at_lane(v, t - c, vs);
+        A::mstore(gr + c, tm, v);
+      }
+    }
+    return;
+  }
+  // S > 1: units are (n, block of W spatial positions); p0/p1 index those units.
+  const int64_t nblk = (S + W - 1) / W;
+  alignas(32) T scv[W];
+  int64_t tv[W];
+  for (int64_t u = p0; u < p1; ++u) {
+    const int64_t n = u / nblk, s = (u % nblk) * W, wd = std::min(W, S - s);
+    const int64_t pb = n * S + s;
+    for (int64_t k = 0; k < W; ++k) {
+      scv[k] = T(0);
+      tv[k] = -1;
+    }
+    for (int64_t k = 0; k < wd; ++k) {
+      scv[k] = row_scale(tgt, w, g_none, g_red, pb + k, a, tv[k]);
+      if (tv[k] == a.ignore_index) tv[k] = -1;
+    }
+    const T* xb = x + n * C * S + s;
+    T* gb = gi + n * C * S + s;
+    const __m256i tm = A::mask(wd);
+    alignas(32) T lsev[W];
+    for (int64_t k = 0; k < W; ++k) lsev[k] = k < wd ? lse[pb + k] : T(0);
+    const V vl = A::load(lsev), vs = A::load(scv);
+    // ignored lanes have scale 0; force exact zeros there even for non-finite logits
+    alignas(32) T keepv[W];
+    for (int64_t k = 0; k < W; ++k) {
+      keepv[k] = T(0);
+      if (tv[k] >= 0) std::memset(&keepv[k], 0xff, sizeof(T));  // all-ones lane
+    }
+    const V km = A::load(keepv);
+    for (int64_t c = 0; c < C; ++c) {
+      const V v = A::mul(A::exp(A::sub(A::mload(xb + c * S, tm), vl)), vs);
+      A::mstore(gb + c * S, tm, A::band(v, km));
+    }
+    for (int64_t k = 0; k < wd; ++k)
+      if (tv[k] >= 0) gb[tv[k] * S + k] -= scv[k];
+  }
+}
+#endif
+
+template <typename T>
+void backward_run(const T* x, const int64_t* tgt, const T* w, const T* g_none, T g_red,
+                  const T* lse, T* gi, int64_t N, const Args& a) {
+  const int64_t C = a.C, S = a.S;
+#if FASTNN_HAVE_X86
+  if (cpu_has_avx2_fma()) {
+    using A = typename vec::Avx2Of<T>::type;
+    if (S == 1) {
+      const int64_t grain = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(C, 1));
+      if (N <= grain) return backward_avx2<A>(x, tgt, w, g_none, g_red, lse, gi, 0, N, a);
+      at::parallel_for(0, N, grain, [&](int64_t b, int64_t e) {
+        backward_avx2<A>(x, tgt, w, g_none, g_red, lse, gi, b, e, a);
+      });
+    } else {
+      const int64_t units = N * ((S + A::W - 1) / A::W);
+      const int64_t grain = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(C * A::W, 1));
+      at::parallel_for(0, units, grain, [&](int64_t b, int64_t e) {
+        backward_avx2<A>(x, tgt, w, g_none, g_red, lse, gi, b, e, a);
+      });
+    }
+    return;
+  }
+#endif
+  const int64_t P = N * S;
+  const int64_t grain = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(C, 1));
+  at::parallel_for(0, P, grain, [&](int64_t b, int64_t e) {
+    backward_scalar(x, tgt, w, g_none, g_red, lse, gi, b, e, a);
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
+    const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+    int64_t reduction, int64_t ignore_index) {
+  constexpr const char* op = "cross_entropy_forward";
+  const LossShape sh = check_loss_inputs(op, input, target, weight, reduction);
+  const bool has_w = weight.has_value() && weight->defined();
+  const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
+  const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
+  c10::MaybeOwned<at::Tensor> w =
+      has_w ? weight->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(std::in_place);
+  const bool none = reduction == at::Reduction::None;
+  at::Tensor loss = none ? dense_empty(target.sizes(), input) : dense_empty({}, input);
+  at::Tensor lse = dense_empty(target.sizes(), input);
+  at::Tensor total_weight = dense_empty({}, input);
+  const int64_t P = sh.N * sh.S;
+  const Args a{sh.C, sh.S, ignore_index};
+
+  FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_forward", [&] {
+    const scalar_t* px = x->const_data_ptr<scalar_t>();
+    const int64_t* pt = tg->const_data_ptr<int64_t>();
+    const scalar_t* pw = has_w ? w->const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* pout = none ? loss.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pl = lse.data_ptr<scalar_t>();
+    const int64_t chunk = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(sh.C, 1));
+    const int64_t nchunks = (P + chunk - 1) / chunk;
+    Partial tot;
+    if (nchunks <= 1) {
+      tot = forward_range(px, pt, pw, pout, pl, 0, P, a);
+    } else {
+      std::vector<Partial> parts(nchunks);
+      at::parallel_for(0, nchunks, kChunksPerTask, [&](int64_t b, int64_t e) {
+        for (int64_t c = b; c < e; ++c)
+          parts[c] = forward_range(px, pt, pw, pout, pl, c * chunk, std::min(P, (c + 1) * chunk), a);
+      });
+      for (const Partial& q : parts) {  // fixed order: independent of the thread count
+        tot.loss += q.loss;
+        tot.weight += q.weight;
+      }
+    }
+    *total_weight.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.weight);
+    if (reduction == at::Reduction::Mean)
+      *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.loss / tot.weight);  // 0/0 = NaN
+    else if (reduction == at::Reduction::Sum)
+      *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.loss);
+  });
+  return {loss, lse, total_weight};
+}
+
+at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                      const at::Tensor& target,
+                                      const c10::optional<at::Tensor>& weight, int64_t reduction,
+                                      int64_t ignore_index, const at::Tensor& lse,
+                                      const at::Tensor& total_weight) {
+  constexpr const char* op = "cross_entropy_backward";
+  const LossShape sh = check_loss_inputs(op, input, target, weight, reduction);
+  check_floating(op, "grad_output", grad_output);
+  check_same_dtype(op, "grad_output", grad_output, "input", input);
+  check_same_device(op, "grad_output", grad_output, "input", input);
+  check_floating(op, "lse", lse);
+  check_same_dtype(op, "lse", lse, "input", input);
+  check_same_device(op, "lse", lse, "input", input);
+  check_same_shape(op, "lse", lse, "target", target);
+  check_floating(op, "total_weight", total_weight);
+  check_same_dtype(op, "total_weight", total_weight, "input", input);
+  check_same_device(op, "total_weight", total_weight, "input", input);
+  TORCH_CHECK(total_weight.numel() == 1, "fastnn::", op,
+              ": `total_weight` must be a single value (the forward's total_weight), got shape ",
+              total_weight.sizes(), ".");
+  const bool none = reduction == at::Reduction::None;
+  if (none) {
+    check_same_shape(op, "grad_output", grad_output, "target", target);
+  } else {
+    TORCH_CHECK(grad_output.numel() == 1, "fastnn::", op,
+                ": for reduction 'mean' or 'sum' `grad_output` must be a single value, got shape ",
+                grad_output.sizes(), ".");
+  }
+  const bool has_w = weight.has_value() && weight->defined();
+  const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
+  const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
+  const c10::MaybeOwned<at::Tensor> go = grad_output.expect_contiguous();
+  const c10::MaybeOwned<at::Tensor> l = lse.expect_contiguous();
+  c10::MaybeOwned<at::Tensor> w =
+      has_w ? weight->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(std::in_place);
+  at::Tensor grad_input = dense_empty(input.sizes(), input);
+  if (sh.N * sh.S == 0 || grad_input.numel() == 0) return grad_input;
+  const Args a{sh.C, sh.S, ignore_index};
+
+  FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_backward", [&] {
+    const scalar_t* pg = go->const_data_ptr<scalar_t>();
+    const scalar_t g_red =
+        none ? scalar_t(0)
+             : (reduction == at::Reduction::Mean ? pg[0] / *total_weight.const_data_ptr<scalar_t>()
+                                                 : pg[0]);
+    backward_run<scalar_t>(x->const_data_ptr<scalar_t>(), tg->const_data_ptr<int64_t>(),
+                           has_w ? w->const_data_ptr<scalar_t>() : nullptr, none ? pg : nullptr,
+                           g_red, l->const_data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(),
+                           sh.N, a);
+  });
+  return grad_input;
+}
+
+TORCH_LIBRARY_IMPL(fastnn, CPU, m) {
+  m.impl("cross_entropy_forward", &cross_entropy_forward_cpu);
+  m.impl("cross_entropy_backward", &cross_entropy_backward_cpu);
+}
+
+}  // namespace fastnn

@@ -1,0 +1,893 @@
+// fastnn CPU GEMM: C[M, N] = A[M, K] * B[K, N] (+ bias[n]) (+ beta * C), and
+// deterministic column sums. Used by linear.cpp for y = x W^T + b,
+// dx = dy W, dW = dy^T x and db = colsum(dy).
+//
+// Structure (Goto / BLIS):
+//   * K is cut into kb = ceil(K / KC_MAX) equal blocks (depends on K only).
+//   * B is packed per K block into NR-wide micro-panels stored k-major
+//     (kc x NR, zero-padded columns); A is packed per (row chunk, K block)
+//     into MR-row micro-panels (kc x MR, k-major, zero-padded rows) in a
+//     per-thread buffer. Packing reads any (row, col) strides, with AVX2
+//     transposing fast paths for unit-k-stride operands. For small M, full
+//     panels of a row-major B (unit column stride) are read in place instead
+//     of copied, unless the row stride would make them collide in the caches.
+//   * C is cut into tasks = (row chunk <= MC rows, a multiple of MR) x
+//     (column chunk, a multiple of NR); a small cost model picks the chunk
+//     counts so that the threads get balanced work. at::parallel_for hands
+//     contiguous task ranges to threads.
+//       - local mode (one row chunk, or one thread): a task owns whole
+//         columns; it packs its own B panels and walks all rows: one
+//         parallel region per GEMM.
+//       - shared mode (several row chunks): B (per super-block of at most
+//         4096 columns) is packed once by all threads, then the tasks run.
+//     Inside a task: for each K block in order: pack A, then for each column
+//     panel, for each row panel: micro-kernel.
+//   * Micro-kernel: float 6 x 16 / double 6 x 8 AVX2+FMA register tiles
+//     (12 ymm accumulators) when cpu_has_avx2_fma(), otherwise a portable
+//     scalar kernel with the same tiling (same packing). The epilogue writes C:
+//     first K block: C = acc + bias (+ beta * C); later blocks: C = C + acc.
+//     Edge tiles go through a small stack buffer.
+//   * Determinism: each C element is computed by exactly one task, with a
+//     K blocking that depends only on K and a fixed k order, by the same
+//     micro-kernel whatever the tiling; results are bitwise identical run to
+//     run and for any thread count.
+//   * Small problems (< ~200K multiply-adds) run on the calling thread.
+//
+// col_sum: out[n] = sum over rows of X, in blocks of 256 rows (partial sums
+// per block, added to the total in order); threads split the columns.
+#include "gemm.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <type_traits>
+
+#include "fastnn/cpu_features.h"
+
+#if FASTNN_HAVE_X86
+#include <immintrin.h>
+#endif
+
+namespace fastnn {
+namespace {
+
+template <typename T>
+struct Cfg;
+template <>
+struct Cfg<float> {
+  static constexpr int MR = 6;
+  static constexpr int NR = 16;
+  static constexpr int64_t MC = 144;
+  static constexpr int64_t KC = 512;
+};
+template <>
+struct Cfg<double> {
+  static constexpr int MR = 6;
+  static constexpr int NR = 8;
+  static constexpr int64_t MC = 96;
+  static constexpr int64_t KC = 384;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// AVX2/FMA code paths; FASTNN_GEMM_FORCE_SCALAR (a test-only build flag)
+// forces the portable fallback.
+inline bool use_avx2() {
+#ifdef FASTNN_GEMM_FORCE_SCALAR
+  return false;
+#else
+  return cpu_has_avx2_fma();
+#endif
+}
+
+// Growable 64-byte aligned scratch buffer, freed when its owner (a
+// thread_local) is destroyed at thread exit.
+struct AlignedBuf {
+  void* p = nullptr;
+  size_t cap = 0;
+  AlignedBuf() = default;
+  AlignedBuf(const AlignedBuf&) = delete;
+  AlignedBuf& operator=(const AlignedBuf&) = delete;
+  ~AlignedBuf() { std::free(p); }
+  void* get(size_t bytes) {
+    if (bytes > cap) {
+      std::free(p);
+      p = nullptr;
+      cap = 0;
+      const size_t sz = (bytes + 4095) / 4096 * 4096;
+      p = std::aligned_alloc(64, sz);
+      if (p == nullptr) throw std::bad_alloc();
+      cap = sz;
+    }
+    return p;
+  }
+  void release() {
+    std::free(p);
+    p = nullptr;
+    cap = 0;
+  }
+};
+
+thread_local AlignedBuf tl_apack;  // per worker thread: one packed A block
+thread_local AlignedBuf tl_bpack;  // per calling thread: the packed B
+
+constexpr size_t kKeepBytes = size_t(32) << 20;  // larger B packs are freed after use
+
+// --------------------------------------------------------------------------
+// Micro-kernels. acc = sum_k a[k*MR + i] * b[k*NR + j]; then
+//   C[i, j] = acc + (bias ? bias[j] : 0) (+ beta * C[i, j] if load_c)
+// for i < mr, j < nr.
+// --------------------------------------------------------------------------
+template <typename T, int MR, int NR>
+void kernel_scalar(int64_t kc, const T* __restrict a, const T* __restrict b, int64_t ldb,
+                   T* __restrict c,
+                   int64_t ldc, int mr, int nr, const T* bias, T beta, bool load_c) {
+  T acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = T(0);
+  for (int64_t k = 0; k < kc; ++k) {
+    for (int i = 0; i < MR; ++i) {
+      const T ai = a[i];
+      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
+    }
+    a += MR;
+    b += ldb;
+  }
+  for (int i = 0; i < mr; ++i) {
+    T* ci = c + i * ldc;
+    for (int j = 0; j < nr; ++j) {
+      T v = acc[i][j];
+      if (bias) v += bias[j];
+      if (load_c) v += beta * ci[j];
+      ci[j] = v;
+    }
+  }
+}
+
+template <typename T>
+void epilogue_edge(const T* tmp, int NR, T* c, int64_t ldc, int mr, int nr, const T* bias, T beta,
+                   bool load_c) {
+  for (int i = 0; i < mr; ++i) {
+    T* ci = c + i * ldc;
+    for (int j = 0; j < nr; ++j) {
+      T v = tmp[i * NR + j];
+      if (bias) v += bias[j];
+      if (load_c) v += beta * ci[j];
+      ci[j] = v;
+    }
+  }
+}
+
+#if FASTNN_HAVE_X86
+#ifdef FASTNN_GEMM_TUNING
+bool g_prefetch_c = true;
+#define FASTNN_PREFETCH_C g_prefetch_c
+#else
+#define FASTNN_PREFETCH_C true
+#endif
+// Epilogue of one full tile row: C = x (+ bias) (+ beta * C).
+FASTNN_TARGET_AVX2 inline void row_f32(float* ci, __m256 x0, __m256 x1, __m256 bias0,
+                                       __m256 bias1, bool hb, __m256 vb, bool load_c) {
+  if (hb) {
+    x0 = _mm256_add_ps(x0, bias0);
+    x1 = _mm256_add_ps(x1, bias1);
+  }
+  if (load_c) {
+    x0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci), x0);
+    x1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci + 8), x1);
+  }
+  _mm256_storeu_ps(ci, x0);
+  _mm256_storeu_ps(ci + 8, x1);
+}
+
+FASTNN_TARGET_AVX2 inline void row_f64(double* ci, __m256d x0, __m256d x1, __m256d bias0,
+                                       __m256d bias1, bool hb, __m256d vb, bool load_c) {
+  if (hb) {
+    x0 = _mm256_add_pd(x0, bias0);
+    x1 = _mm256_add_pd(x1, bias1);
+  }
+  if (load_c) {
+    x0 = _mm256_fmadd_pd(vb, _mm256_loadu_pd(ci), x0);
+    x1 = _mm256_fmadd_pd(vb, _mm256_loadu_pd(ci + 4), x1);
+  }
+  _mm256_storeu_pd(ci, x0);
+  _mm256_storeu_pd(ci + 4, x1);
+}
+
+FASTNN_TARGET_AVX2
+void kernel_f32_avx2(int64_t kc, const float* __restrict a, const float* __restrict b, int64_t ldb,
+                     float* __restrict c, int64_t ldc, int mr, int nr, const float* bias,
+                     float beta, bool load_c) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  if (FASTNN_PREFETCH_C) {
+    for (int i = 0; i < 6; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 15), _MM_HINT_T0);
+    }
+  }
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b);
+    const __m256 b1 = _mm256_loadu_ps(b + 8);
+    __m256 av;
+    av = _mm256_broadcast_ss(a + 0);
+    c00 = _mm256_fmadd_ps(av, b0, c00);
+    c01 = _mm256_fmadd_ps(av, b1, c01);
+    av = _mm256_broadcast_ss(a + 1);
+    c10 = _mm256_fmadd_ps(av, b0, c10);
+    c11 = _mm256_fmadd_ps(av, b1, c11);
+    av = _mm256_broadcast_ss(a + 2);
+    c20 = _mm256_fmadd_ps(av, b0, c20);
+    c21 = _mm256_fmadd_ps(av, b1, c21);
+    av = _mm256_broadcast_ss(a + 3);
+    c30 = _mm256_fmadd_ps(av, b0, c30);
+    c31 = _mm256_fmadd_ps(av, b1, c31);
+    av = _mm256_broadcast_ss(a + 4);
+    c40 = _mm256_fmadd_ps(av, b0, c40);
+    c41 = _mm256_fmadd_ps(av, b1, c41);
+    av = _mm256_broadcast_ss(a + 5);
+    c50 = _mm256_fmadd_ps(av, b0, c50);
+    c51 = _mm256_fmadd_ps(av, b1, c51);
+    a += 6;
+    b += ldb;
+  }
+  if (mr == 6 && nr == 16) {
+    __m256 bias0 = _mm256_setzero_ps(), bias1 = _mm256_setzero_ps();
+    const bool hb = bias != nullptr;
+    if (hb) {
+      bias0 = _mm256_loadu_ps(bias);
+      bias1 = _mm256_loadu_ps(bias + 8);
+    }
+    const __m256 vb = _mm256_set1_ps(beta);
+#define FASTNN_ROW(ci, x0, x1) row_f32(ci, x0, x1, bias0, bias1, hb, vb, load_c)
+    FASTNN_ROW(c + 0 * ldc, c00, c01);
+    FASTNN_ROW(c + 1 * ldc, c10, c11);
+    FASTNN_ROW(c + 2 * ldc, c20, c21);
+    FASTNN_ROW(c + 3 * ldc, c30, c31);
+    FASTNN_ROW(c + 4 * ldc, c40, c41);
+    FASTNN_ROW(c + 5 * ldc, c50, c51);
+#undef FASTNN_ROW
+  } else {
+    alignas(32) float tmp[6 * 16];
+    _mm256_store_ps(tmp + 0, c00);
+    _mm256_store_ps(tmp + 8, c01);
+    _mm256_store_ps(tmp + 16, c10);
+    _mm256_store_ps(tmp + 24, c11);
+    _mm256_store_ps(tmp + 32, c20);
+    _mm256_store_ps(tmp + 40, c21);
+    _mm256_store_ps(tmp + 48, c30);
+    _mm256_store_ps(tmp + 56, c31);
+    _mm256_store_ps(tmp + 64, c40);
+    _mm256_store_ps(tmp + 72, c41);
+    _mm256_store_ps(tmp + 80, c50);
+    _mm256_store_ps(tmp + 88, c51);
+    epilogue_edge<float>(tmp, 16, c, ldc, mr, nr, bias, beta, load_c);
+  }
+}
+
+FASTNN_TARGET_AVX2
+void kernel_f64_avx2(int64_t kc, const double* __restrict a, const double* __restrict b,
+                     int64_t ldb,
+                     double* __restrict c, int64_t ldc, int mr, int nr, const double* bias,
+                     double beta, bool load_c) {
+  __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd();
+  __m256d c10 = _mm256_setzero_pd(), c11 = _mm256_setzero_pd();
+  __m256d c20 = _mm256_setzero_pd(), c21 = _mm256_setzero_pd();
+  __m256d c30 = _mm256_setzero_pd(), c31 = _mm256_setzero_pd();
+  __m256d c40 = _mm256_setzero_pd(), c41 = _mm256_setzero_pd();
+  __m256d c50 = _mm256_setzero_pd(), c51 = _mm256_setzero_pd();
+  if (FASTNN_PREFETCH_C) {
+    for (int i = 0; i < 6; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 7), _MM_HINT_T0);
+    }
+  }
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256d b0 = _mm256_loadu_pd(b);
+    const __m256d b1 = _mm256_loadu_pd(b + 4);
+    __m256d av;
+    av = _mm256_broadcast_sd(a + 0);
+    c00 = _mm256_fmadd_pd(av, b0, c00);
+    c01 = _mm256_fmadd_pd(av, b1, c01);
+    av = _mm256_broadcast_sd(a + 1);
+    c10 = _mm256_fmadd_pd(av, b0, c10);
+    c11 = _mm256_fmadd_pd(av, b1, c11);
+    av = _mm256_broadcast_sd(a + 2);
+    c20 = _mm256_fmadd_pd(av, b0, c20);
+    c21 = _mm256_fmadd_pd(av, b1, c21);
+    av = _mm256_broadcast_sd(a + 3);
+    c30 = _mm256_fmadd_pd(av, b0, c30);
+    c31 = _mm256_fmadd_pd(av, b1, c31);
+    av = _mm256_broadcast_sd(a + 4);
+    c40 = _mm256_fmadd_pd(av, b0, c40);
+    c41 = _mm256_fmadd_pd(av, b1, c41);
+    av = _mm256_broadcast_sd(a + 5);
+    c50 = _mm256_fmadd_pd(av, b0, c50);
+    c51 = _mm256_fmadd_pd(av, b1, c51);
+    a += 6;
+    b += ldb;
+  }
+  if (mr == 6 && nr == 8) {
+    __m256d bias0 = _mm256_setzero_pd(), bias1 = _mm256_setzero_pd();
+    const bool hb = bias != nullptr;
+    if (hb) {
+      bias0 = _mm256_loadu_pd(bias);
+      bias1 = _mm256_loadu_pd(bias + 4);
+    }
+    const __m256d vb = _mm256_set1_pd(beta);
+#define FASTNN_ROW(ci, x0, x1) row_f64(ci, x0, x1, bias0, bias1, hb, vb, load_c)
+    FASTNN_ROW(c + 0 * ldc, c00, c01);
+    FASTNN_ROW(c + 1 * ldc, c10, c11);
+    FASTNN_ROW(c + 2 * ldc, c20, c21);
+    FASTNN_ROW(c + 3 * ldc, c30, c31);
+    FASTNN_ROW(c + 4 * ldc, c40, c41);
+    FASTNN_ROW(c + 5 * ldc, c50, c51);
+#undef FASTNN_ROW
+  } else {
+    alignas(32) double tmp[6 * 8];
+    _mm256_store_pd(tmp + 0, c00);
+    _mm256_store_pd(tmp + 4, c01);
+    _mm256_store_pd(tmp + 8, c10);
+    _mm256_store_pd(tmp + 12, c11);
+    _mm256_store_pd(tmp + 16, c20);
+    _mm256_store_pd(tmp + 20, c21);
+    _mm256_store_pd(tmp + 24, c30);
+    _mm256_store_pd(tmp + 28, c31);
+    _mm256_store_pd(tmp + 32, c40);
+    _mm256_store_pd(tmp + 36, c41);
+    _mm256_store_pd(tmp + 40, c50);
+    _mm256_store_pd(tmp + 44, c51);
+    epilogue_edge<double>(tmp, 8, c, ldc, mr, nr, bias, beta, load_c);
+  }
+}
+
+// 8x8 float transpose of r0..r7 in place.
+FASTNN_TARGET_AVX2 inline void transpose8_ps(__m256& r0, __m256& r1, __m256& r2, __m256& r3,
+                                             __m256& r4, __m256& r5, __m256& r6, __m256& r7) {
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r0 = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r1 = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r2 = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r3 = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r4 = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r5 = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r6 = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r7 = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// B panel, float, 16 full columns each contiguous in k (b_rs == 1):
+// dst[k * 16 + c] = src[c * cs + k].
+FASTNN_TARGET_AVX2
+void pack_b_f32_trans_avx2(int64_t kc, const float* src, int64_t cs, float* dst) {
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    for (int h = 0; h < 2; ++h) {
+      const float* s = src + h * 8 * cs + k;
+      __m256 r0 = _mm256_loadu_ps(s + 0 * cs), r1 = _mm256_loadu_ps(s + 1 * cs);
+      __m256 r2 = _mm256_loadu_ps(s + 2 * cs), r3 = _mm256_loadu_ps(s + 3 * cs);
+      __m256 r4 = _mm256_loadu_ps(s + 4 * cs), r5 = _mm256_loadu_ps(s + 5 * cs);
+      __m256 r6 = _mm256_loadu_ps(s + 6 * cs), r7 = _mm256_loadu_ps(s + 7 * cs);
+      transpose8_ps(r0, r1, r2, r3, r4, r5, r6, r7);
+      float* d = dst + k * 16 + h * 8;
+      _mm256_store_ps(d + 0 * 16, r0);
+      _mm256_store_ps(d + 1 * 16, r1);
+      _mm256_store_ps(d + 2 * 16, r2);
+      _mm256_store_ps(d + 3 * 16, r3);
+      _mm256_store_ps(d + 4 * 16, r4);
+      _mm256_store_ps(d + 5 * 16, r5);
+      _mm256_store_ps(d + 6 * 16, r6);
+      _mm256_store_ps(d + 7 * 16, r7);
+    }
+  }
+  for (; k < kc; ++k)
+    for (int c = 0; c < 16; ++c) dst[k * 16 + c] = src[c * cs + k];
+}
+
+// A panel, float, 6 full rows each contiguous in k (a_cs == 1):
+// dst[k * 6 + r] = src[r * rs + k]. Writes up to 2 floats past dst + 6 * kc
+// (the buffer has slack; later panels overwrite them).
+FASTNN_TARGET_AVX2
+void pack_a_f32_rows_avx2(int64_t kc, const float* src, int64_t rs, float* dst) {
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    const float* s = src + k;
+    __m256 r0 = _mm256_loadu_ps(s + 0 * rs), r1 = _mm256_loadu_ps(s + 1 * rs);
+    __m256 r2 = _mm256_loadu_ps(s + 2 * rs), r3 = _mm256_loadu_ps(s + 3 * rs);
+    __m256 r4 = _mm256_loadu_ps(s + 4 * rs), r5 = _mm256_loadu_ps(s + 5 * rs);
+    __m256 r6 = _mm256_setzero_ps(), r7 = _mm256_setzero_ps();
+    transpose8_ps(r0, r1, r2, r3, r4, r5, r6, r7);
+    float* d = dst + k * 6;
+    _mm256_storeu_ps(d + 0 * 6, r0);
+    _mm256_storeu_ps(d + 1 * 6, r1);
+    _mm256_storeu_ps(d + 2 * 6, r2);
+    _mm256_storeu_ps(d + 3 * 6, r3);
+    _mm256_storeu_ps(d + 4 * 6, r4);
+    _mm256_storeu_ps(d + 5 * 6, r5);
+    _mm256_storeu_ps(d + 6 * 6, r6);
+    _mm256_storeu_ps(d + 7 * 6, r7);
+  }
+  for (; k < kc; ++k)
+    for (int r = 0; r < 6; ++r) dst[k * 6 + r] = src[r * rs + k];
+}
+
+// B panel, double, 8 full columns contiguous in k: dst[k * 8 + c] = src[c * cs + k].
+FASTNN_TARGET_AVX2
+void pack_b_f64_trans_avx2(int64_t kc, const double* src, int64_t cs, double* dst) {
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    for (int h = 0; h < 2; ++h) {
+      const double* s = src + h * 4 * cs + k;
+      __m256d r0 = _mm256_loadu_pd(s + 0 * cs), r1 = _mm256_loadu_pd(s + 1 * cs);
+      __m256d r2 = _mm256_loadu_pd(s + 2 * cs), r3 = _mm256_loadu_pd(s + 3 * cs);
+      __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+      __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+      double* d = dst + k * 8 + h * 4;
+      _mm256_store_pd(d + 0 * 8, _mm256_permute2f128_pd(t0, t2, 0x20));
+      _mm256_store_pd(d + 1 * 8, _mm256_permute2f128_pd(t1, t3, 0x20));
+      _mm256_store_pd(d + 2 * 8, _mm256_permute2f128_pd(t0, t2, 0x31));
+      _mm256_store_pd(d + 3 * 8, _mm256_permute2f128_pd(t1, t3, 0x31));
+    }
+  }
+  for (; k < kc; ++k)
+    for (int c = 0; c < 8; ++c) dst[k * 8 + c] = src[c * cs + k];
+}
+
+// A panel, double, 6 full rows contiguous in k: dst[k * 6 + r] = src[r * rs + k].
+FASTNN_TARGET_AVX2
+void pack_a_f64_rows_avx2(int64_t kc, const double* src, int64_t rs, double* dst) {
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    const double* s = src + k;
+    __m256d r0 = _mm256_loadu_pd(s + 0 * rs), r1 = _mm256_loadu_pd(s + 1 * rs);
+    __m256d r2 = _mm256_loadu_pd(s + 2 * rs), r3 = _mm256_loadu_pd(s + 3 * rs);
+    __m256d r4 = _mm256_loadu_pd(s + 4 * rs), r5 = _mm256_loadu_pd(s + 5 * rs);
+    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    // rows 0..3 for k+0..k+3
+    __m256d q0 = _mm256_permute2f128_pd(t0, t2, 0x20);  // k+0
+    __m256d q1 = _mm256_permute2f128_pd(t1, t3, 0x20);  // k+1
+    __m256d q2 = _mm256_permute2f128_pd(t0, t2, 0x31);  // k+2
+    __m256d q3 = _mm256_permute2f128_pd(t1, t3, 0x31);  // k+3
+    __m256d u0 = _mm256_unpacklo_pd(r4, r5);            // (r4k0 r5k0 r4k2 r5k2)
+    __m256d u1 = _mm256_unpackhi_pd(r4, r5);            // (r4k1 r5k1 r4k3 r5k3)
+    double* d = dst + k * 6;
+    _mm256_storeu_pd(d + 0, q0);
+    _mm_storeu_pd(d + 4, _mm256_castpd256_pd128(u0));
+    _mm256_storeu_pd(d + 6, q1);
+    _mm_storeu_pd(d + 10, _mm256_castpd256_pd128(u1));
+    _mm256_storeu_pd(d + 12, q2);
+    _mm_storeu_pd(d + 16, _mm256_extractf128_pd(u0, 1));
+    _mm256_storeu_pd(d + 18, q3);
+    _mm_storeu_pd(d + 22, _mm256_extractf128_pd(u1, 1));
+  }
+  for (; k < kc; ++k)
+    for (int r = 0; r < 6; ++r) dst[k * 6 + r] = src[r * rs + k];
+}
+#endif  // FASTNN_HAVE_X86
+
+// --------------------------------------------------------------------------
+// Packing.
+// --------------------------------------------------------------------------
+template <typename T>
+struct Fast {
+  using Kernel = void (*)(int64_t, const T*, const T*, int64_t, T*, int64_t, int, int, const T*, T,
+                          bool);
+  using PackFn = void (*)(int64_t, const T*, int64_t, T*);
+  Kernel kernel;
+  PackFn pack_a_rows;   // full MR rows, unit k stride (nullptr: generic)
+  PackFn pack_b_trans;  // full NR columns, unit k stride (nullptr: generic)
+};
+
+template <typename T>
+Fast<T> select_fast() {
+  constexpr int MR = Cfg<T>::MR, NR = Cfg<T>::NR;
+  Fast<T> f{&kernel_scalar<T, MR, NR>, nullptr, nullptr};
+#if FASTNN_HAVE_X86
+  if (use_avx2()) {
+    if constexpr (std::is_same<T, float>::value) {
+      f = Fast<T>{&kernel_f32_avx2, &pack_a_f32_rows_avx2, &pack_b_f32_trans_avx2};
+    } else {
+      f = Fast<T>{&kernel_f64_avx2, &pack_a_f64_rows_avx2, &pack_b_f64_trans_avx2};
+    }
+  }
+#endif
+  return f;
+}
+
+// Packs rows [0, mc) x k [0, kc) of A (pointer already at the block origin)
+// into ceil(mc / MR) micro-panels of kc x MR (k-major), zero-padding rows.
+template <typename T>
+void pack_a(int64_t mc, int64_t kc, const T* A, int64_t rs, int64_t cs, T* dst,
+            const Fast<T>& fast) {
+  constexpr int MR = Cfg<T>::MR;
+  for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
+    const int rows = static_cast<int>(std::min<int64_t>(MR, mc - i0));
+    const T* src = A + i0 * rs;
+    if (rows == MR && cs == 1 && fast.pack_a_rows) {
+      fast.pack_a_rows(kc, src, rs, dst);
+    } else if (std::abs(rs) <= std::abs(cs)) {
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* s = src + k * cs;
+        T* d = dst + k * MR;
+        int r = 0;
+        for (; r < rows; ++r) d[r] = s[r * rs];
+        for (; r < MR; ++r) d[r] = T(0);
+      }
+    } else {
+      for (int r = 0; r < rows; ++r) {
+        const T* s = src + r * rs;
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = s[k * cs];
+      }
+      for (int r = rows; r < MR; ++r)
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = T(0);
+    }
+  }
+}
+
+// Packs a kc x nc (nc <= NR) block of B into one kc x NR micro-panel.
+template <typename T>
+void pack_b_panel(int64_t kc, int nc, const T* B, int64_t rs, int64_t cs, T* dst,
+                  const Fast<T>& fast) {
+  constexpr int NR = Cfg<T>::NR;
+  if (cs == 1) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* s = B + k * rs;
+      T* d = dst + k * NR;
+      if (nc == NR) {
+        std::memcpy(d, s, sizeof(T) * NR);
+      } else {
+        int c = 0;
+        for (; c < nc; ++c) d[c] = s[c];
+        for (; c < NR; ++c) d[c] = T(0);
+      }
+    }
+  } else if (nc == NR && rs == 1 && fast.pack_b_trans) {
+    fast.pack_b_trans(kc, B, cs, dst);
+  } else if (std::abs(rs) < std::abs(cs)) {
+    for (int c = 0; c < nc; ++c) {
+      const T* s = B + c * cs;
+      for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = s[k * rs];
+    }
+    for (int c = nc; c < NR; ++c)
+      for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = T(0);
+  } else {
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* s = B + k * rs;
+      T* d = dst + k * NR;
+      int c = 0;
+      for (; c < nc; ++c) d[c] = s[c * cs];
+      for (; c < NR; ++c) d[c] = T(0);
+    }
+  }
+}
+
+// Problems below this many multiply-adds run on the calling thread.
+constexpr double kParallelMinMacs = 192.0 * 1024;
+// Packed B blocks cover at most this many columns (bounds the B buffer).
+template <typename T>
+constexpr int64_t kMaxPanels = 4096 / Cfg<T>::NR;
+// Budget for one packed A block (MC x kc), in elements (~220 KB: half of L2).
+constexpr int64_t kABlockElems = 56 * 1024;
+
+#ifdef FASTNN_GEMM_TUNING
+inline int64_t tune(const char* name, int64_t def) {
+  const char* v = std::getenv(name);
+  return v ? std::atoll(v) : def;
+}
+#define FASTNN_TUNE(name, def) tune(name, def)
+#else
+#define FASTNN_TUNE(name, def) (def)
+#endif
+
+// Whether kc rows of B with this row stride (bytes), read in place, stay
+// spread over the L2 (512 KB, 8-way, 64 B lines): the strides of the rows
+// modulo 64 KB hit 64 KB / gcd(stride, 64 KB) distinct lines positions, and
+// each L2 set holds 8 lines; keep the panel within half of that.
+inline bool direct_b_ok(int64_t stride_bytes, int64_t kc) {
+  if (stride_bytes <= 0) return false;
+  int64_t g = 65536;
+  int64_t a = stride_bytes % 65536;
+  while (a != 0) {  // gcd(stride, 65536)
+    const int64_t t = g % a;
+    g = a;
+    a = t;
+  }
+  const int64_t sets = std::min<int64_t>(1024, 65536 / std::max<int64_t>(g, 64));
+  return kc * 2 <= sets * 8;
+}
+
+// Runs the micro-kernels for rows [m0, m1) (packed in `ap`) against column
+// panels [j0, j1) of one packed K block of B (panel j at bpan0 + (j - j0) * NR * kc).
+// With `bdirect` (B row-major, unit column stride, already at this K block),
+// full panels are read straight from B with row stride `ldb_direct`; only
+// the partial last panel comes from the packed buffer.
+template <typename T>
+inline void macro_kernel(const Fast<T>& fast, int64_t kc, int64_t m0, int64_t m1, int64_t j0,
+                         int64_t j1, int64_t N, const T* ap, const T* bpan0, const T* bdirect,
+                         int64_t ldb_direct, T* C, int64_t ldc, const T* bias, T beta,
+                         bool load_c) {
+  constexpr int MR = Cfg<T>::MR, NR = Cfg<T>::NR;
+  for (int64_t j = j0; j < j1; ++j) {
+    const int nr = static_cast<int>(std::min<int64_t>(NR, N - j * NR));
+    const bool direct = bdirect != nullptr && nr == NR;
+    const T* bpan = direct ? bdirect + j * NR : bpan0 + (j - j0) * NR * kc;
+    const int64_t ldb = direct ? ldb_direct : NR;
+    const T* bias_j = bias ? bias + j * NR : nullptr;
+    for (int64_t m = m0; m < m1; m += MR) {
+      const int mr = static_cast<int>(std::min<int64_t>(MR, m1 - m));
+      fast.kernel(kc, ap + (m - m0) * kc, bpan, ldb, C + m * ldc + j * NR, ldc, mr, nr, bias_j,
+                  beta, load_c);
+    }
+  }
+}
+
+template <typename T>
+void gemm_impl(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs,
+               const T* B, int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, const T* bias,
+               T beta) {
+  constexpr int MR = Cfg<T>::MR, NR = Cfg<T>::NR;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t m = 0; m < M; ++m) {
+      T* c = C + m * ldc;
+      for (int64_t n = 0; n < N; ++n) {
+        T v = bias ? bias[n] : T(0);
+        if (beta != T(0)) v += beta * c[n];
+        c[n] = v;
+      }
+    }
+    return;
+  }
+  static const Fast<T> fast = select_fast<T>();
+#ifdef FASTNN_GEMM_TUNING
+  g_prefetch_c = FASTNN_TUNE("FASTNN_PFC", 1) != 0;
+#endif
+
+  // K blocking: depends on K only (determinism).
+  const int64_t kc_max = FASTNN_TUNE("FASTNN_KC", Cfg<T>::KC);
+  const int64_t kblocks = ceil_div(K, kc_max);
+  const int64_t kcb = ceil_div(K, kblocks);
+  const int64_t npanels = ceil_div(N, NR);
+  const int64_t mpanels = ceil_div(M, MR);
+  // Largest row chunk (in MR panels) whose packed A block fits the budget.
+  const int64_t mc_max_panels = std::max<int64_t>(
+      Cfg<T>::MC / MR,
+      FASTNN_TUNE("FASTNN_ABLOCK", kABlockElems) / (int64_t(MR) * kcb));
+
+  int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const double macs = double(M) * double(N) * double(K);
+  if (macs < double(FASTNN_TUNE("FASTNN_PARMIN", int64_t(kParallelMinMacs)))) nt = 1;
+
+  // Epilogue parameters of K block p.
+  auto epi_bias = [&](int64_t p) { return p == 0 ? bias : nullptr; };
+  auto epi_beta = [&](int64_t p) { return p == 0 ? beta : T(1); };
+  auto epi_load = [&](int64_t p) { return p == 0 ? beta != T(0) : true; };
+
+  // ---- choose the task grid: mb row chunks x nb column chunks ----
+  const int64_t mb_min = ceil_div(mpanels, mc_max_panels);
+  int64_t mb = mb_min, nb = 1;
+  if (nt > 1) {
+    const double pack_cost = 6.0;  // cost of packing one A element, in MACs
+    double best = -1;
+    for (int64_t mbc = 1; mbc <= std::min<int64_t>(mpanels, mb_min + 2 * nt); ++mbc) {
+      for (int64_t nbc = 1; nbc <= std::min<int64_t>(npanels, 2 * nt); ++nbc) {
+        if (mbc > 1 && mbc < mb_min) continue;
+        const int64_t ntasks = mbc * nbc;
+        const int64_t per = ceil_div(ntasks, nt);
+        // the first tasks are the largest ones; thread 0 gets `per` of them.
+        const int64_t mp = ceil_div(mpanels, mbc), np = ceil_div(npanels, nbc);
+        const double task_cost = double(mp * MR) * double(np * NR) * double(K) +
+                                 pack_cost * double(mp * MR) * double(K);
+        // mb == 1 (local B packing) saves a parallel region and B sharing.
+        const double cost = task_cost * double(per) * (mbc == 1 ? 0.97 : 1.0) +
+                            0.02 * task_cost * double(ntasks);
+        if (best < 0 || cost < best) {
+          best = cost;
+          mb = mbc;
+          nb = nbc;
+        }
+      }
+    }
+  }
+
+  if (mb == 1 || nt == 1 || mb * nb == 1) {
+    // ---- local mode: task ni owns column panels [j0, j1) and all rows; it
+    // packs its own B (one K block at a time) and walks the row chunks. ----
+    // Column chunks of at most kMaxPanels panels bound the packed B block.
+    const int64_t per_chunk = ceil_div(npanels, nt == 1 ? 1 : nb);
+    const int64_t ntasks = (nt == 1 ? 1 : nb) * ceil_div(per_chunk, kMaxPanels<T>);
+    // Small M: each B element is used by few row panels, so copying B costs
+    // about as much as using it; read unit-stride B in place instead.
+    // Only when B's rows spread over enough L2 sets (a large power-of-two row
+    // stride, e.g. 4 KB, would make the kc rows of a panel conflict).
+    const bool direct_b = b_cs == 1 && FASTNN_TUNE("FASTNN_DIRECTB", 1) != 0 &&
+                          mpanels <= FASTNN_TUNE("FASTNN_DIRECTB_MP", 16) &&
+                          direct_b_ok(b_rs * int64_t(sizeof(T)), kcb);
+    auto run_local = [&](int64_t t0, int64_t t1) {
+      for (int64_t ni = t0; ni < t1; ++ni) {
+        const int64_t j0 = ni * npanels / ntasks, j1 = (ni + 1) * npanels / ntasks;
+        if (j0 >= j1) continue;
+        const int64_t ncols = (j1 - j0) * NR;
+        const int64_t rchunks = ceil_div(mpanels, mc_max_panels);
+        const int64_t chunk_panels = ceil_div(mpanels, rchunks);
+        T* ap = static_cast<T*>(
+            tl_apack.get(sizeof(T) * size_t(chunk_panels * MR * kcb + 64)));
+        T* bp = static_cast<T*>(tl_bpack.get(sizeof(T) * size_t(kcb * ncols + 64)));
+        for (int64_t p = 0; p < kblocks; ++p) {
+          const int64_t k0 = p * kcb, kc = std::min(kcb, K - k0);
+          for (int64_t j = j0; j < j1; ++j) {
+            const int nc = static_cast<int>(std::min<int64_t>(NR, N - j * NR));
+            if (direct_b && nc == NR) continue;
+            pack_b_panel<T>(kc, nc, B + k0 * b_rs + j * NR * b_cs, b_rs, b_cs,
+                            bp + (j - j0) * NR * kc, fast);
+          }
+          for (int64_t r = 0; r < rchunks; ++r) {
+            const int64_t m0 = r * chunk_panels * MR;
+            const int64_t m1 = std::min(M, (r + 1) * chunk_panels * MR);
+            if (m0 >= m1) continue;
+            pack_a<T>(m1 - m0, kc, A + m0 * a_rs + k0 * a_cs, a_rs, a_cs, ap, fast);
+            macro_kernel<T>(fast, kc, m0, m1, j0, j1, N, ap, bp,
+                            direct_b ? B + k0 * b_rs : nullptr, b_rs, C, ldc, epi_bias(p),
+                            epi_beta(p), epi_load(p));
+          }
+        }
+        if (sizeof(T) * size_t(kcb * ncols) > kKeepBytes) tl_bpack.release();
+      }
+    };
+    if (ntasks > 1 && nt > 1) {
+      at::parallel_for(0, ntasks, ceil_div(ntasks, nt), run_local);
+    } else {
+      run_local(0, ntasks);
+    }
+    return;
+  }
+
+  // ---- shared mode: for each super-block of at most kMaxPanels column
+  // panels, pack its B (all K blocks) once in parallel, then run the tasks. ----
+  const int64_t sblocks = ceil_div(npanels, kMaxPanels<T>);
+  const int64_t sb_panels = ceil_div(npanels, sblocks);
+  const size_t bbytes = sizeof(T) * size_t(K) * size_t(sb_panels * NR) + 64;
+  AlignedBuf& bbuf = tl_bpack;
+  T* bp = static_cast<T*>(bbuf.get(bbytes));
+  for (int64_t sb = 0; sb < sblocks; ++sb) {
+    const int64_t js0 = sb * sb_panels, js1 = std::min(npanels, js0 + sb_panels);
+    const int64_t sp = js1 - js0;  // panels in this super-block
+    // K block p of panel j (js0 <= j < js1) is at bp + k0 * sp * NR + (j - js0) * NR * kc.
+    const int64_t nbtasks = kblocks * sp;
+    auto pack_b_range = [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t p = t / sp, j = js0 + t % sp;
+        const int64_t k0 = p * kcb, kc = std::min(kcb, K - k0);
+        const int nc = static_cast<int>(std::min<int64_t>(NR, N - j * NR));
+        pack_b_panel<T>(kc, nc, B + k0 * b_rs + j * NR * b_cs, b_rs, b_cs,
+                        bp + k0 * sp * NR + (j - js0) * NR * kc, fast);
+      }
+    };
+    at::parallel_for(0, nbtasks, ceil_div(nbtasks, nt), pack_b_range);
+
+    const int64_t ntasks = mb * nb;
+    // Row chunk i covers panels [i * mpanels / mb, (i + 1) * mpanels / mb) (balanced),
+    // column chunk c covers super-block panels [c * sp / nb, (c + 1) * sp / nb).
+    auto run_tasks = [&](int64_t t0, int64_t t1) {
+      T* ap = static_cast<T*>(
+          tl_apack.get(sizeof(T) * size_t(ceil_div(mpanels, mb) * MR * kcb + 64)));
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t mi = t / nb, ni = t % nb;
+        const int64_t p0 = mi * mpanels / mb, p1 = (mi + 1) * mpanels / mb;
+        const int64_t j0 = js0 + ni * sp / nb, j1 = js0 + (ni + 1) * sp / nb;
+        const int64_t m0 = p0 * MR, m1 = std::min(M, p1 * MR);
+        if (m0 >= m1 || j0 >= j1) continue;
+        for (int64_t p = 0; p < kblocks; ++p) {
+          const int64_t k0 = p * kcb, kc = std::min(kcb, K - k0);
+          pack_a<T>(m1 - m0, kc, A + m0 * a_rs + k0 * a_cs, a_rs, a_cs, ap, fast);
+          macro_kernel<T>(fast, kc, m0, m1, j0, j1, N, ap,
+                          bp + k0 * sp * NR + (j0 - js0) * NR * kc, nullptr, 0, C, ldc,
+                          epi_bias(p), epi_beta(p), epi_load(p));
+        }
+      }
+    };
+    at::parallel_for(0, ntasks, ceil_div(ntasks, nt), run_tasks);
+  }
+  if (bbytes > kKeepBytes) bbuf.release();
+}
+
+// ---- column sums ----
+constexpr int64_t kColBlock = 64;
+constexpr int64_t kRowBlock = 256;
+
+template <typename T>
+inline void col_sum_block(int64_t M, int64_t nc, const T* X, int64_t ldx, T* out) {
+  T total[kColBlock];
+  T part[kColBlock];
+  for (int64_t c = 0; c < nc; ++c) total[c] = T(0);
+  for (int64_t r0 = 0; r0 < M; r0 += kRowBlock) {
+    const int64_t r1 = std::min(M, r0 + kRowBlock);
+    for (int64_t c = 0; c < nc; ++c) part[c] = T(0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* x = X + r * ldx;
+      for (int64_t c = 0; c < nc; ++c) part[c] += x[c];
+    }
+    for (int64_t c = 0; c < nc; ++c) total[c] += part[c];
+  }
+  for (int64_t c = 0; c < nc; ++c) out[c] = total[c];
+}
+
+#if FASTNN_HAVE_X86
+// Same arithmetic (per column: the same adds in the same order), AVX2 code.
+template <typename T>
+FASTNN_TARGET_AVX2 void col_sum_block_avx2(int64_t M, int64_t nc, const T* X, int64_t ldx,
+                                           T* out) {
+  T total[kColBlock];
+  T part[kColBlock];
+  for (int64_t c = 0; c < nc; ++c) total[c] = T(0);
+  for (int64_t r0 = 0; r0 < M; r0 += kRowBlock) {
+    const int64_t r1 = std::min(M, r0 + kRowBlock);
+    for (int64_t c = 0; c < nc; ++c) part[c] = T(0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* x = X + r * ldx;
+      for (int64_t c = 0; c < nc; ++c) part[c] += x[c];
+    }
+    for (int64_t c = 0; c < nc; ++c) total[c] += part[c];
+  }
+  for (int64_t c = 0; c < nc; ++c) out[c] = total[c];
+}
+#endif
+
+}  // namespace
+
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
+          int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, const T* bias, T beta) {
+  gemm_impl<T>(M, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, bias, beta);
+}
+
+template <typename T>
+void col_sum(int64_t M, int64_t N, const T* X, int64_t ldx, T* out) {
+  if (N <= 0) return;
+  const int64_t nblocks = ceil_div(N, kColBlock);
+  const bool avx = use_avx2();
+  auto body = [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kColBlock, nc = std::min(kColBlock, N - n0);
+#if FASTNN_HAVE_X86
+      if (avx) {
+        col_sum_block_avx2<T>(M, nc, X + n0, ldx, out + n0);
+        continue;
+      }
+#endif
+      col_sum_block<T>(M, nc, X + n0, ldx, out + n0);
+    }
+  };
+  (void)avx;
+  if (double(M) * double(N) >= 262144.0 && nblocks > 1) {
+    at::parallel_for(0, nblocks, 1, body);
+  } else {
+    body(0, nblocks);
+  }
+}
+
+template void gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, int64_t,
+                          const float*, int64_t, int64_t, float*, int64_t, const float*, float);
+template void gemm<double>(int64_t, int64_t, int64_t, const double*, int64_t, int64_t,
+                           const double*, int64_t, int64_t, double*, int64_t, const double*,
+                           double);
+template void col_sum<float>(int64_t, int64_t, const float*, int64_t, float*);
+template void col_sum<double>(int64_t, int64_t, const double*, int64_t, double*);
+
+}  // namespace fastnn

@@ -1,0 +1,199 @@
+// NLLLoss on the CPU: fastnn::nll_loss_forward / nll_loss_backward (native semantics).
+//
+// Shapes (see loss_shapes.h): input (C), (N, C) or (N, C, d1, ..., dk), viewed as a
+// dense [N, C, S]; target (), (N) or (N, d1, ..., dk) with class indices, viewed as
+// [N, S]; optional weight (C). For position p = (n, s) with t = target[n, s] != ignore_index:
+//   loss[n, s] = -w[t] * input[n, t, s]          (w = 1 without a weight)
+//   total_weight = sum over non-ignored positions of w[t]   (0-dim, input dtype,
+//                  computed for every reduction)
+//   reduction none: loss has target's shape, ignored positions are 0;
+//             sum:  sum of loss;  mean: sum of loss / total_weight (NaN when all are
+//             ignored or the batch is empty, like torch).
+// Targets outside [0, C) other than ignore_index raise IndexError.
+//
+// Backward: grad_input is zero except grad_input[n, t, s] = -w[t] * g with
+// g = grad_output (sum), grad_output / total_weight (mean), grad_output[n, s] (none).
+//
+// Work split: positions are processed in fixed chunks of kChunk positions (fixed
+// by the shape only). Chunks run in parallel (at::parallel_for) once there are
+// enough of them; every chunk accumulates its loss and weight sums in double, and
+// the per-chunk partials are added serially in chunk order, so the reductions
+// are bitwise identical for every thread count. A single chunk runs inline with
+// no parallel machinery (this is the common small-batch case).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/EmptyTensor.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "fastnn/checks.h"
+#include "fastnn/dispatch.h"
+#include "fastnn/loss_shapes.h"
+
+namespace fastnn {
+namespace {
+
+// Dense output of `like`'s dtype on the CPU. Same allocation as at::empty, without
+// the dispatcher round trip (matters for the tiny per-call-overhead-bound sizes).
+inline at::Tensor dense_empty(at::IntArrayRef sizes, const at::Tensor& like) {
+  return at::Tensor(at::detail::empty_cpu(sizes, like.scalar_type()));
+}
+
+constexpr int64_t kChunk = 4096;       // positions per reduction chunk
+constexpr int64_t kChunksPerTask = 8;  // parallel grain, in chunks
+
+struct Partial {
+  double loss = 0, weight = 0;
+};
+
+[[noreturn]] C10_NOINLINE void throw_bad_target(const char* op, int64_t t, int64_t C,
+                                                int64_t ignore_index) {
+  TORCH_CHECK_INDEX(false, "fastnn::", op, ": Target ", t,
+                    " is out of bounds: class indices must be in [0, ", C - 1,
+                    "] (C = ", C, ") or equal ignore_index (", ignore_index, ").");
+  std::abort();  // unreachable
+}
+
+// Forward over positions [p0, p1). out_none (reduction none) gets the per-position loss.
+template <typename T>
+Partial forward_chunk(const T* x, const int64_t* tgt, const T* w, T* out_none, int64_t p0,
+                      int64_t p1, int64_t C, int64_t S, int64_t ignore_index) {
+  Partial acc;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t t = tgt[p];
+    if (t == ignore_index) {
+      if (out_none) out_none[p] = T(0);
+      continue;
+    }
+    if (C10_UNLIKELY(t < 0 || t >= C)) throw_bad_target("nll_loss_forward", t, C, ignore_index);
+    const int64_t n = p / S, s = p - n * S;
+    const T wt = w ? w[t] : T(1);
+    const T v = -wt * x[(n * C + t) * S + s];
+    if (out_none) out_none[p] = v;
+    acc.loss += static_cast<double>(v);
+    acc.weight += static_cast<double>(wt);
+  }
+  return acc;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> nll_loss_forward_cpu(const at::Tensor& input,
+                                                        const at::Tensor& target,
+                                                        const c10::optional<at::Tensor>& weight,
+                                                        int64_t reduction, int64_t ignore_index) {
+  constexpr const char* op = "nll_loss_forward";
+  const LossShape sh = check_loss_inputs(op, input, target, weight, reduction);
+  const bool has_w = weight.has_value() && weight->defined();
+  const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
+  const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
+  c10::MaybeOwned<at::Tensor> w =
+      has_w ? weight->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(std::in_place);
+  const bool none = reduction == at::Reduction::None;
+  at::Tensor loss = none ? dense_empty(target.sizes(), input) : dense_empty({}, input);
+  at::Tensor total_weight = dense_empty({}, input);
+  const int64_t P = sh.N * sh.S;
+
+  FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::nll_loss_forward", [&] {
+    const scalar_t* px = x->const_data_ptr<scalar_t>();
+    const int64_t* pt = tg->const_data_ptr<int64_t>();
+    const scalar_t* pw = has_w ? w->const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* pout = none ? loss.data_ptr<scalar_t>() : nullptr;
+    const int64_t nchunks = (P + kChunk - 1) / kChunk;
+    Partial tot;
+    if (nchunks <= 1) {
+      tot = forward_chunk(px, pt, pw, pout, 0, P, sh.C, sh.S, ignore_index);
+    } else {
+      std::vector<Partial> parts(nchunks);
+      at::parallel_for(0, nchunks, kChunksPerTask, [&](int64_t b, int64_t e) {
+        for (int64_t c = b; c < e; ++c)
+          parts[c] = forward_chunk(px, pt, pw, pout, c * kChunk, std::min(P, (c + 1) * kChunk),
+                                   sh.C, sh.S, ignore_index);
+      });
+      for (const Partial& q : parts) {  // fixed order: independent of the thread count
+        tot.loss += q.loss;
+        tot.weight += q.weight;
+      }
+    }
+    *total_weight.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.weight);
+    if (reduction == at::Reduction::Mean)
+      *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.loss / tot.weight);  // 0/0 = NaN
+    else if (reduction == at::Reduction::Sum)
+      *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.loss);
+  });
+  return {loss, total_weight};
+}
+
+at::Tensor nll_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                 const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+                                 int64_t reduction, int64_t ignore_index,
+                                 const at::Tensor& total_weight) {
+  constexpr const char* op = "nll_loss_backward";
+  const LossShape sh = check_loss_inputs(op, input, target, weight, reduction);
+  check_floating(op, "grad_output", grad_output);
+  check_same_dtype(op, "grad_output", grad_output, "input", input);
+  check_same_device(op, "grad_output", grad_output, "input", input);
+  check_floating(op, "total_weight", total_weight);
+  check_same_dtype(op, "total_weight", total_weight, "input", input);
+  check_same_device(op, "total_weight", total_weight, "input", input);
+  TORCH_CHECK(total_weight.numel() == 1, "fastnn::", op,
+              ": `total_weight` must be a single value (the forward's total_weight), got shape ",
+              total_weight.sizes(), ".");
+  const bool none = reduction == at::Reduction::None;
+  if (none) {
+    check_same_shape(op, "grad_output", grad_output, "target", target);
+  } else {
+    TORCH_CHECK(grad_output.numel() == 1, "fastnn::", op,
+                ": for reduction 'mean' or 'sum' `grad_output` must be a single value, got shape ",
+                grad_output.sizes(), ".");
+  }
+  const bool has_w = weight.has_value() && weight->defined();
+  const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
+  const c10::MaybeOwned<at::Tensor> go = grad_output.expect_contiguous();
+  c10::MaybeOwned<at::Tensor> w =
+      has_w ? weight->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(std::in_place);
+  at::Tensor grad_input = dense_empty(input.sizes(), input);
+  const int64_t P = sh.N * sh.S, C = sh.C, S = sh.S;
+  if (grad_input.numel() == 0) return grad_input;
+  {  // zero-fill (parallel for big inputs)
+    const int64_t bytes = grad_input.numel() * static_cast<int64_t>(grad_input.element_size());
+    char* base = static_cast<char*>(grad_input.data_ptr());
+    at::parallel_for(0, bytes, int64_t(1) << 18, [&](int64_t b, int64_t e) {
+      std::memset(base + b, 0, static_cast<size_t>(e - b));
+    });
+  }
+  if (P == 0) return grad_input;
+
+  FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::nll_loss_backward", [&] {
+    const int64_t* pt = tg->const_data_ptr<int64_t>();
+    const scalar_t* pw = has_w ? w->const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pg = go->const_data_ptr<scalar_t>();
+    scalar_t* gi = grad_input.data_ptr<scalar_t>();
+    // same expression as aten: -(mean ? go / total_weight : go), times w[t]
+    const scalar_t g_red =
+        none ? scalar_t(0)
+             : -(reduction == at::Reduction::Mean ? pg[0] / *total_weight.const_data_ptr<scalar_t>()
+                                                  : pg[0]);
+    at::parallel_for(0, P, kChunk * kChunksPerTask, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p) {
+        const int64_t t = pt[p];
+        if (t == ignore_index) continue;
+        if (C10_UNLIKELY(t < 0 || t >= C)) throw_bad_target(op, t, C, ignore_index);
+        const int64_t n = p / S, s = p - n * S;
+        const scalar_t g = none ? -pg[p] : g_red;
+        gi[(n * C + t) * S + s] = pw ? pw[t] * g : g;
+      }
+    });
+  });
+  return grad_input;
+}
+
+TORCH_LIBRARY_IMPL(fastnn, CPU, m) {
+  m.impl("nll_loss_forward", &nll_loss_forward_cpu);
+  m.impl("nll_loss_backward", &nll_loss_backward_cpu);
+}
+
+}  // namespace fastnn

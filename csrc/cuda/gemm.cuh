@@ -1,0 +1,641 @@
+// fastnn GEMM kernels (CUDA), used by csrc/cuda/linear.cu. See the comment
+// block at the top of linear.cu for the overall design; this header holds the
+// device code only.
+//
+// Problem: C[M, N] = sum_k A(m, k) * B(k, n) (+ bias[n]), all matrices dense
+// row-major in global memory, in one of three layouts:
+//   A_KMAJ = true : A is stored as [M][K] (k contiguous)   else [K][M] (m contiguous)
+//   B_KMAJ = true : B is stored as [N][K] (k contiguous)   else [K][N] (n contiguous)
+//   forward  y  = x  . W^T : A_KMAJ, B_KMAJ        ("NT")
+//   backward dx = dy . W   : A_KMAJ, !B_KMAJ       ("NN")
+//   backward dW = dy^T . x : !A_KMAJ, !B_KMAJ      ("TN")
+//
+// Kernels: simt_gemm_kernel (float / double, CUDA cores, register-staged double
+// buffer), wmma_gemm_kernel (half / bfloat16 / TF32 tensor cores; ASYNC = a
+// STAGES-deep cp.async ring, else register-staged), splitk_reduce_kernel,
+// colsum_kernel (grad_bias).
+//
+// Split-K: blockIdx.z selects a contiguous range of `kt_per_split` K tiles. With
+// more than one split the kernel writes raw partial sums (no bias) to
+// ws[z][M][N] and splitk_reduce_kernel adds them up in the fixed order
+// z = 0, 1, ..., S-1 (plus bias), so results are bitwise reproducible.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+namespace fastnn {
+namespace gemm {
+
+// ---------------------------------------------------------------------------
+// Scalar conversions (torch builds with __CUDA_NO_HALF_CONVERSIONS__, so use
+// the intrinsics explicitly).
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_acc(float v);
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <typename T>
+__device__ __forceinline__ T from_acc(double v);
+template <>
+__device__ __forceinline__ double from_acc<double>(double v) { return v; }
+
+// Raw storage type used to move elements around without arithmetic.
+template <typename T>
+struct RawOf { using type = T; };
+template <>
+struct RawOf<__half> { using type = unsigned short; };
+template <>
+struct RawOf<__nv_bfloat16> { using type = unsigned short; };
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
+// ---------------------------------------------------------------------------
+// TileLoader: moves a TR x TC tile of a row-major global matrix g[R][C]
+// (leading dimension C), starting at (r0, c0), through registers into shared
+// memory. Elements outside [0,R) x [0,C) read as zero. Each thread owns PER
+// chunks of VEC consecutive elements (16 bytes); when `vec` is true (C is a
+// multiple of VEC and g is 16-byte aligned) a chunk is one 16-byte load,
+// otherwise VEC guarded scalar loads.
+template <typename S, int TR, int TC, int NT>
+struct TileLoader {
+  static constexpr int VEC = 16 / static_cast<int>(sizeof(S));
+  static_assert(TC % VEC == 0, "tile width must be a multiple of the vector width");
+  static constexpr int CPR = TC / VEC;  // chunks per row
+  static constexpr int CHUNKS = TR * CPR;
+  static constexpr int PER = (CHUNKS + NT - 1) / NT;
+  static constexpr bool EXACT = (CHUNKS % NT) == 0;
+
+  S v[PER][VEC];
+
+  __device__ __forceinline__ void load(const S* __restrict__ g, int64_t R, int64_t C, int64_t r0,
+                                       int64_t c0, bool vec, int tid) {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const int ch = tid + i * NT;
+      const bool in_tile = EXACT || ch < CHUNKS;
+      const int r = ch / CPR;
+      const int c = (ch % CPR) * VEC;
+      const int64_t gr = r0 + r;
+      const int64_t gc = c0 + c;
+      const bool row_ok = in_tile && gr < R;
+      if (vec && row_ok && gc + VEC <= C) {
+        const uint4 t = __ldg(reinterpret_cast<const uint4*>(g + gr * C + gc));
+        memcpy(&v[i][0], &t, 16);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          v[i][j] = (row_ok && gc + j < C) ? g[gr * C + gc + j] : S(0);
+        }
+      }
+    }
+  }
+
+  // s[r * pitch + c] = tile(r, c); pitch * sizeof(S) must be a multiple of 16.
+  __device__ __forceinline__ void store(S* s, int pitch, int tid) const {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const int ch = tid + i * NT;
+      if (EXACT || ch < CHUNKS) {
+        const int r = ch / CPR;
+        const int c = (ch % CPR) * VEC;
+        uint4 t;
+        memcpy(&t, &v[i][0], 16);
+        *reinterpret_cast<uint4*>(s + r * pitch + c) = t;
+      }
+    }
+  }
+
+  // s[c * pitch + r] = tile(r, c) (transposed).
+  __device__ __forceinline__ void store_t(S* s, int pitch, int tid) const {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const int ch = tid + i * NT;
+      if (EXACT || ch < CHUNKS) {
+        const int r = ch / CPR;
+        const int c = (ch % CPR) * VEC;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) s[(c + j) * pitch + r] = v[i][j];
+      }
+    }
+  }
+};
+
+// 4 consecutive shared-memory elements (16-byte aligned for float, 32 for double).
+__device__ __forceinline__ void lds4(const float* p, float* o) {
+  const float4 t = *reinterpret_cast<const float4*>(p);
+  o[0] = t.x; o[1] = t.y; o[2] = t.z; o[3] = t.w;
+}
+__device__ __forceinline__ void lds4(const double* p, double* o) {
+  const double2 t0 = *reinterpret_cast<const double2*>(p);
+  const double2 t1 = *reinterpret_cast<const double2*>(p + 2);
+  o[0] = t0.x; o[1] = t0.y; o[2] = t1.x; o[3] = t1.y;
+}
+// 4 consecutive global elements, 16-byte aligned.
+__device__ __forceinline__ void stg4(float* p, const float* v) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void stg4(double* p, const double* v) {
+  *reinterpret_cast<double2*>(p) = make_double2(v[0], v[1]);
+  *reinterpret_cast<double2*>(p + 2) = make_double2(v[2], v[3]);
+}
+
+// ---------------------------------------------------------------------------
+// SIMT GEMM for float / double (accumulates in T itself).
+//   block tile BM x BN, K step BK, NT = (BM/TM)*(BN/TN) threads, each thread a
+//   TM x TN register tile. Thread (ty, tx) owns rows
+//   g*(BM/(TM/4)) + ty*4 + {0..3} for g < TM/4 (and likewise columns), so its
+//   shared-memory reads are 16-byte vectors and conflict-free.
+//   Shared memory holds both operands k-major (As[k][m], Bs[k][n]), double
+//   buffered: tile t+1 is loaded into registers while tile t is multiplied,
+//   then stored into the other buffer; one __syncthreads per K tile.
+template <typename T, int BM, int BN, int BK, int TM, int TN, bool A_KMAJ, bool B_KMAJ, int MINB>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)
+    simt_gemm_kernel(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
+                     const T* __restrict__ bias, T* __restrict__ ws, int64_t M, int64_t N,
+                     int64_t K, int kt_per_split) {
+  constexpr int NT = (BM / TM) * (BN / TN);
+  constexpr int PAD = 4;
+  constexpr int TXN = BN / TN;  // threads along n
+  constexpr int GM = TM / 4, GN = TN / 4;
+  static_assert(TM % 4 == 0 && TN % 4 == 0, "thread tile must be a multiple of 4");
+  static_assert((BM / TM) * 4 * GM == BM && (BN / TN) * 4 * GN == BN, "bad tile config");
+
+  __shared__ __align__(16) T As[2][BK][BM + PAD];
+  __shared__ __align__(16) T Bs[2][BK][BN + PAD];
+
+  const int tid = threadIdx.x;
+  const int tx = tid % TXN;
+  const int ty = tid / TXN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
+
+  const int64_t k_tiles = (K + BK - 1) / BK;
+  const int64_t kt_begin = static_cast<int64_t>(blockIdx.z) * kt_per_split;
+  const int64_t kt_end = kt_begin + kt_per_split < k_tiles ? kt_begin + kt_per_split : k_tiles;
+  const int nt = kt_end > kt_begin ? static_cast<int>(kt_end - kt_begin) : 0;
+
+  // A: [M][K] tile BM x BK (stored transposed) or [K][M] tile BK x BM.
+  using LA = std::conditional_t<A_KMAJ, TileLoader<T, BM, BK, NT>, TileLoader<T, BK, BM, NT>>;
+  using LB = std::conditional_t<B_KMAJ, TileLoader<T, BN, BK, NT>, TileLoader<T, BK, BN, NT>>;
+  LA la;
+  LB lb;
+  constexpr int VEC = 16 / static_cast<int>(sizeof(T));
+  const bool vec_a = aligned16(A) && ((A_KMAJ ? K : M) % VEC == 0);
+  const bool vec_b = aligned16(B) && ((B_KMAJ ? K : N) % VEC == 0);
+
+  auto load_tiles = [&](int64_t kt) {
+    const int64_t k0 = kt * BK;
+    if (A_KMAJ) la.load(A, M, K, m0, k0, vec_a, tid);
+    else        la.load(A, K, M, k0, m0, vec_a, tid);
+    if (B_KMAJ) lb.load(B, N, K, n0, k0, vec_b, tid);
+    else        lb.load(B, K, N, k0, n0, vec_b, tid);
+  };
+  auto store_tiles = [&](int buf) {
+    if (A_KMAJ) la.store_t(&As[buf][0][0], BM + PAD, tid);
+    else        la.store(&As[buf][0][0], BM + PAD, tid);
+    if (B_KMAJ) lb.store_t(&Bs[buf][0][0], BN + PAD, tid);
+    else        lb.store(&Bs[buf][0][0], BN + PAD, tid);
+  };
+
+  T acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+
+  if (nt > 0) {
+    load_tiles(kt_begin);
+    store_tiles(0);
+  }
+  __syncthreads();
+
+  for (int t = 0; t < nt; ++t) {
+    const int cur = t & 1;
+    const bool more = t + 1 < nt;
+    if (more) load_tiles(kt_begin + t + 1);
+#pragma unroll
+    for (int k = 0; k < BK; ++k) {
+      T a[TM], b[TN];
+#pragma unroll
+      for (int g = 0; g < GM; ++g) lds4(&As[cur][k][g * (BM / GM) + ty * 4], &a[g * 4]);
+#pragma unroll
+      for (int g = 0; g < GN; ++g) lds4(&Bs[cur][k][g * (BN / GN) + tx * 4], &b[g * 4]);
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+    }
+    if (more) store_tiles(cur ^ 1);
+    __syncthreads();
+  }
+
+  // Epilogue: partial sums to ws[z] (split-K), or C = acc + bias.
+  T* out = C;
+  const T* bptr = bias;
+  if (ws != nullptr) {
+    out = ws + static_cast<int64_t>(blockIdx.z) * M * N;
+    bptr = nullptr;
+  }
+  const bool vec_out = aligned16(out) && (N % 4 == 0);
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int64_t m = m0 + (i / 4) * (BM / GM) + ty * 4 + (i % 4);
+    if (m >= M) continue;
+    T* row = out + m * N;
+#pragma unroll
+    for (int g = 0; g < GN; ++g) {
+      const int64_t n = n0 + g * (BN / GN) + tx * 4;
+      T v[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        v[q] = acc[i][g * 4 + q];
+        if (bptr != nullptr && n + q < N) v[q] += bptr[n + q];
+      }
+      if (vec_out && n + 3 < N) {
+        stg4(row + n, v);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          if (n + q < N) row[n + q] = v[q];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Tensor-core GEMM (WMMA) for float16 / bfloat16 (16x16x16) and float32 as
+// TF32 (16x16x8); float32 accumulators.
+//   block tile BM x BN, K step BK, warps of WM x WN (FM x FN fragments each).
+//   Shared memory keeps each operand in its global orientation (so 16-byte
+//   global chunks are stored unchanged), rows padded by 16 bytes:
+//     A_KMAJ: As[BM][BK+PAD] -> matrix_a row_major;  else As[BK][BM+PAD] col_major
+//     B_KMAJ: Bs[BN][BK+PAD] -> matrix_b col_major;  else Bs[BK][BN+PAD] row_major
+//   Pipeline (ASYNC = false): two stages, next K tile fetched into registers
+//   (TileLoader: any alignment, guarded edges) while the current one is used.
+//   Pipeline (ASYNC = true, needs 16-byte aligned operands whose rows are a
+//   multiple of 16 bytes): STAGES-deep cp.async ring (16-byte copies, zero-fill
+//   outside the matrix), one __syncthreads per K tile.
+//   Epilogue: each warp stages one 16x16 accumulator at a time through shared
+//   memory (reusing the operand buffers), adds the bias in float and rounds
+//   once to T (or writes raw float partials to the split-K workspace).
+//   Shared memory is dynamic; WmmaCfg::SMEM_BYTES bytes per block.
+template <typename T>
+struct WmmaTraits;
+template <>
+struct WmmaTraits<__half> {
+  using frag_t = __half;
+  static constexpr int WK = 16;
+};
+template <>
+struct WmmaTraits<__nv_bfloat16> {
+  using frag_t = __nv_bfloat16;
+  static constexpr int WK = 16;
+};
+template <>
+struct WmmaTraits<float> {
+  using frag_t = nvcuda::wmma::precision::tf32;
+  static constexpr int WK = 8;
+};
+
+template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES, bool A_KMAJ, bool B_KMAJ>
+struct WmmaCfg {
+  static constexpr int NWARPS = (BM / WM) * (BN / WN);
+  static constexpr int NT = NWARPS * 32;
+  static constexpr int PAD = 16 / static_cast<int>(sizeof(T));
+  static constexpr int A_PITCH = A_KMAJ ? BK + PAD : BM + PAD;
+  static constexpr int B_PITCH = B_KMAJ ? BK + PAD : BN + PAD;
+  static constexpr int A_SZ = A_KMAJ ? BM * A_PITCH : BK * A_PITCH;  // elements per stage
+  static constexpr int B_SZ = B_KMAJ ? BN * B_PITCH : BK * B_PITCH;
+  static constexpr int MAIN_BYTES = STAGES * (A_SZ + B_SZ) * static_cast<int>(sizeof(T));
+  static constexpr int EPI_BYTES = NWARPS * 16 * 16 * static_cast<int>(sizeof(float));
+  static constexpr int SMEM_BYTES = MAIN_BYTES > EPI_BYTES ? MAIN_BYTES : EPI_BYTES;
+  static_assert((A_SZ * sizeof(T)) % 32 == 0 && (B_SZ * sizeof(T)) % 32 == 0,
+                "wmma tiles must stay 32-byte aligned");
+};
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = valid ? 16 : 0;  // 0: nothing is read, the 16 bytes are zero-filled
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Issue cp.async for a TR x TC tile of row-major g[R][C] at (r0, c0) into
+// s[r * pitch + c]. Requires C % VEC == 0 and g 16-byte aligned, so a chunk is
+// either entirely inside or entirely outside the matrix.
+template <typename S, int TR, int TC, int NT>
+__device__ __forceinline__ void async_tile(S* s, int pitch, const S* g, int64_t R, int64_t C,
+                                           int64_t r0, int64_t c0, int tid) {
+  constexpr int VEC = 16 / static_cast<int>(sizeof(S));
+  static_assert(TC % VEC == 0, "tile width must be a multiple of the vector width");
+  constexpr int CPR = TC / VEC;
+  constexpr int CHUNKS = TR * CPR;
+  constexpr int PER = (CHUNKS + NT - 1) / NT;
+#pragma unroll
+  for (int i = 0; i < PER; ++i) {
+    const int ch = tid + i * NT;
+    if ((CHUNKS % NT) == 0 || ch < CHUNKS) {
+      const int r = ch / CPR;
+      const int c = (ch % CPR) * VEC;
+      const int64_t gr = r0 + r;
+      const int64_t gc = c0 + c;
+      const bool valid = gr < R && gc < C;
+      cp_async16(s + r * pitch + c, valid ? g + gr * C + gc : g, valid);
+    }
+  }
+}
+
+// Blocks per SM the async (big) WMMA kernels are compiled for: 2 caps them at
+// 128 registers (16 warps per SM). ptxas -v (CUDA 13.0, sm_90): no spills
+// except bfloat16 "NN" (dx), 24 bytes of stack (4 LDL per K tile, L1 hits);
+// 1 removes that spill but lets the kernels use ~130-165 registers (8 warps/SM).
+constexpr int kAsyncMinBlocks = 2;
+
+template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES, bool ASYNC, bool A_KMAJ,
+          bool B_KMAJ>
+__global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, ASYNC ? kAsyncMinBlocks : 1)
+    wmma_gemm_kernel(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
+                     const T* __restrict__ bias, float* __restrict__ ws, int64_t M, int64_t N,
+                     int64_t K, int kt_per_split) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  using Cfg = WmmaCfg<T, BM, BN, BK, WM, WN, STAGES, A_KMAJ, B_KMAJ>;
+  using S = typename RawOf<T>::type;
+  using FragT = typename WmmaTraits<T>::frag_t;
+  constexpr int WK = WmmaTraits<T>::WK;
+  constexpr int NT = Cfg::NT;
+  constexpr int FM = WM / 16, FN = WN / 16;
+  constexpr int A_PITCH = Cfg::A_PITCH, B_PITCH = Cfg::B_PITCH;
+  constexpr int A_SZ = Cfg::A_SZ, B_SZ = Cfg::B_SZ;
+  static_assert(BK % WK == 0 && WM % 16 == 0 && WN % 16 == 0, "bad wmma tile config");
+  static_assert(ASYNC || STAGES == 2, "the register-staged pipeline has two stages");
+  static_assert(STAGES >= 2, "at least two stages");
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* As = reinterpret_cast<T*>(smem);  // [STAGES][A_SZ]
+  T* Bs = As + STAGES * A_SZ;          // [STAGES][B_SZ]
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int wm0 = (warp / (BN / WN)) * WM;
+  const int wn0 = (warp % (BN / WN)) * WN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
+
+  const int64_t k_tiles = (K + BK - 1) / BK;
+  const int64_t kt_begin = static_cast<int64_t>(blockIdx.z) * kt_per_split;
+  const int64_t kt_end = kt_begin + kt_per_split < k_tiles ? kt_begin + kt_per_split : k_tiles;
+  const int nt = kt_end > kt_begin ? static_cast<int>(kt_end - kt_begin) : 0;
+
+  constexpr int VEC = 16 / static_cast<int>(sizeof(T));
+  const S* Ar = reinterpret_cast<const S*>(A);
+  const S* Br = reinterpret_cast<const S*>(B);
+
+  using LayA = std::conditional_t<A_KMAJ, wmma::row_major, wmma::col_major>;
+  using LayB = std::conditional_t<B_KMAJ, wmma::col_major, wmma::row_major>;
+  wmma::fragment<wmma::accumulator, 16, 16, WK, float> acc[FM][FN];
+#pragma unroll
+  for (int i = 0; i < FM; ++i)
+#pragma unroll
+    for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  // acc += (stage `st` of As) x (stage `st` of Bs)
+  auto mma_stage = [&](int st) {
+    const T* as = As + st * A_SZ;
+    const T* bs = Bs + st * B_SZ;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += WK) {
+      // all B fragments first, then one A fragment at a time (fewer live registers)
+      wmma::fragment<wmma::matrix_b, 16, 16, WK, FragT, LayB> fb[FN];
+#pragma unroll
+      for (int j = 0; j < FN; ++j) {
+        const T* p = B_KMAJ ? bs + (wn0 + j * 16) * B_PITCH + kk : bs + kk * B_PITCH + wn0 + j * 16;
+        wmma::load_matrix_sync(fb[j], p, B_PITCH);
+        if constexpr (std::is_same<T, float>::value) {
+#pragma unroll
+          for (int e = 0; e < fb[j].num_elements; ++e) fb[j].x[e] = wmma::__float_to_tf32(fb[j].x[e]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < FM; ++i) {
+        wmma::fragment<wmma::matrix_a, 16, 16, WK, FragT, LayA> fa;
+        const T* p = A_KMAJ ? as + (wm0 + i * 16) * A_PITCH + kk : as + kk * A_PITCH + wm0 + i * 16;
+        wmma::load_matrix_sync(fa, p, A_PITCH);
+        if constexpr (std::is_same<T, float>::value) {
+#pragma unroll
+          for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+        }
+#pragma unroll
+        for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], fa, fb[j], acc[i][j]);
+      }
+    }
+  };
+
+  if constexpr (ASYNC) {
+    auto issue = [&](int64_t kt, int st) {
+      const int64_t k0 = kt * BK;
+      S* as = reinterpret_cast<S*>(As + st * A_SZ);
+      S* bs = reinterpret_cast<S*>(Bs + st * B_SZ);
+      if (A_KMAJ) async_tile<S, BM, BK, NT>(as, A_PITCH, Ar, M, K, m0, k0, tid);
+      else        async_tile<S, BK, BM, NT>(as, A_PITCH, Ar, K, M, k0, m0, tid);
+      if (B_KMAJ) async_tile<S, BN, BK, NT>(bs, B_PITCH, Br, N, K, n0, k0, tid);
+      else        async_tile<S, BK, BN, NT>(bs, B_PITCH, Br, K, N, k0, n0, tid);
+    };
+    // Prologue: tiles 0 .. STAGES-2 (one commit group per tile, empty groups
+    // past the end keep the group count uniform).
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (s < nt) issue(kt_begin + s, s);
+      cp_async_commit();
+    }
+    for (int t = 0; t < nt; ++t) {
+      // Groups committed so far: STAGES-1+t; allowing STAGES-2 pending means
+      // tiles 0..t have landed (for this thread); the barrier publishes them to
+      // all threads and guarantees everyone is done with tile t-1's stage.
+      cp_async_wait<STAGES - 2>();
+      __syncthreads();
+      const int nxt = t + STAGES - 1;
+      if (nxt < nt) issue(kt_begin + nxt, nxt % STAGES);
+      cp_async_commit();
+      mma_stage(t % STAGES);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // operand buffers are free for the epilogue
+  } else {
+    using LA = std::conditional_t<A_KMAJ, TileLoader<S, BM, BK, NT>, TileLoader<S, BK, BM, NT>>;
+    using LB = std::conditional_t<B_KMAJ, TileLoader<S, BN, BK, NT>, TileLoader<S, BK, BN, NT>>;
+    LA la;
+    LB lb;
+    const bool vec_a = aligned16(A) && ((A_KMAJ ? K : M) % VEC == 0);
+    const bool vec_b = aligned16(B) && ((B_KMAJ ? K : N) % VEC == 0);
+    auto load_tiles = [&](int64_t kt) {
+      const int64_t k0 = kt * BK;
+      if (A_KMAJ) la.load(Ar, M, K, m0, k0, vec_a, tid);
+      else        la.load(Ar, K, M, k0, m0, vec_a, tid);
+      if (B_KMAJ) lb.load(Br, N, K, n0, k0, vec_b, tid);
+      else        lb.load(Br, K, N, k0, n0, vec_b, tid);
+    };
+    auto store_tiles = [&](int buf) {
+      la.store(reinterpret_cast<S*>(As + buf * A_SZ), A_PITCH, tid);
+      lb.store(reinterpret_cast<S*>(Bs + buf * B_SZ), B_PITCH, tid);
+    };
+    if (nt > 0) {
+      load_tiles(kt_begin);
+      store_tiles(0);
+    }
+    __syncthreads();
+    for (int t = 0; t < nt; ++t) {
+      const int cur = t & 1;
+      const bool more = t + 1 < nt;
+      if (more) load_tiles(kt_begin + t + 1);
+      mma_stage(cur);
+      if (more) store_tiles(cur ^ 1);
+      __syncthreads();
+    }
+    // (the loop ends with __syncthreads, and with nt == 0 the one above it ran:
+    //  the operand buffers are free for the epilogue)
+  }
+
+  float* stage = reinterpret_cast<float*>(smem) + warp * 256;
+  const int r = lane / 2;
+  const int c0 = (lane % 2) * 8;
+  const bool split = ws != nullptr;
+  float* wsz = split ? ws + static_cast<int64_t>(blockIdx.z) * M * N : nullptr;
+  const bool vec_c = aligned16(C) && (N % VEC == 0);
+  const bool vec_ws = split && aligned16(wsz) && (N % 4 == 0);
+#pragma unroll
+  for (int i = 0; i < FM; ++i) {
+#pragma unroll
+    for (int j = 0; j < FN; ++j) {
+      wmma::store_matrix_sync(stage, acc[i][j], 16, wmma::mem_row_major);
+      __syncwarp();
+      const int64_t m = m0 + wm0 + i * 16 + r;
+      const int64_t n = n0 + wn0 + j * 16 + c0;
+      float v[8];
+#pragma unroll
+      for (int q = 0; q < 8; ++q) v[q] = stage[r * 16 + c0 + q];
+      if (m < M) {
+        if (split) {
+          float* dst = wsz + m * N + n;
+          if (vec_ws && n + 8 <= N) {
+            *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+            *reinterpret_cast<float4*>(dst + 4) = make_float4(v[4], v[5], v[6], v[7]);
+          } else {
+#pragma unroll
+            for (int q = 0; q < 8; ++q)
+              if (n + q < N) dst[q] = v[q];
+          }
+        } else {
+          if (bias != nullptr) {
+#pragma unroll
+            for (int q = 0; q < 8; ++q)
+              if (n + q < N) v[q] += to_acc(bias[n + q]);
+          }
+          T* dst = C + m * N + n;
+          T o[8];
+#pragma unroll
+          for (int q = 0; q < 8; ++q) o[q] = from_acc<T>(v[q]);
+          // VEC == 8 for 16-bit types (one 16-byte store), 4 for float (two).
+#pragma unroll
+          for (int h = 0; h < 8; h += VEC) {
+            if (vec_c && n + h + VEC <= N) {
+              uint4 t;
+              memcpy(&t, &o[h], 16);
+              *reinterpret_cast<uint4*>(dst + h) = t;
+            } else {
+#pragma unroll
+              for (int q = h; q < h + VEC; ++q)
+                if (n + q < N) dst[q] = o[q];
+            }
+          }
+        }
+      }
+      __syncwarp();
+    }
+  }
+#else
+  __trap();  // tensor-core path needs sm_80 or newer
+#endif
+}
+
+// ---------------------------------------------------------------------------
+// out[m][n] = sum_{s=0}^{S-1} ws[s][m][n] (+ bias[n]), summed in order s = 0..S-1.
+template <typename T, typename Acc>
+__global__ void splitk_reduce_kernel(const Acc* __restrict__ ws, T* __restrict__ out,
+                                     const T* __restrict__ bias, int64_t MN, int64_t N,
+                                     int splits) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < MN;
+       idx += stride) {
+    Acc s = ws[idx];
+    for (int z = 1; z < splits; ++z) s += ws[static_cast<int64_t>(z) * MN + idx];
+    if (bias != nullptr) s += to_acc(bias[idx % N]);
+    out[idx] = from_acc<T>(s);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Column sums (grad_bias): out[chunk][c] = sum of in[r][c] over the rows
+// r in [chunk*rows_per_chunk, (chunk+1)*rows_per_chunk) (clipped to rows).
+// Block (32 x 8 threads) = 32 columns; thread row-group ty sums rows ty, ty+8,
+// ... of the chunk in order, then thread ty == 0 adds the 8 group sums in
+// order 0..7. Chunks are fixed by size, so the result does not depend on the
+// hardware; a second launch over the [chunks][cols] partials (one chunk)
+// finishes the sum in fixed order.
+template <typename Tin, typename Tout, typename Acc>
+__global__ void colsum_kernel(const Tin* __restrict__ in, Tout* __restrict__ out, int64_t rows,
+                              int64_t cols, int64_t rows_per_chunk) {
+  __shared__ Acc part[8][33];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * 32 + tx;
+  const int64_t chunk = blockIdx.y;
+  const int64_t r_begin = chunk * rows_per_chunk;
+  const int64_t r_end = r_begin + rows_per_chunk < rows ? r_begin + rows_per_chunk : rows;
+  Acc s = Acc(0);
+  if (col < cols) {
+    for (int64_t r = r_begin + ty; r < r_end; r += 8) s += to_acc(in[r * cols + col]);
+  }
+  part[ty][tx] = s;
+  __syncthreads();
+  if (ty == 0 && col < cols) {
+    Acc t = part[0][tx];
+#pragma unroll
+    for (int g = 1; g < 8; ++g) t += part[g][tx];
+    out[chunk * cols + col] = from_acc<Tout>(t);
+  }
+}
+
+}  // namespace gemm
+}  // namespace fastnn

@@ -1,0 +1,418 @@
+// fastnn Linear on CUDA: forward and backward on fastnn's own GEMM kernels
+// (no cuBLAS / cuBLASLt / CUTLASS). Device code lives in gemm.cuh.
+//
+// Shapes: input x (*, in) (any leading shape, also 1-D and empty batch),
+// weight W (out, in), bias b (out). With M = prod(leading dims), K = in,
+// N = out, all operands made contiguous first:
+//   forward   y[M,N]  = x[M,K] . W[N,K]^T + b     GEMM "NT" (A k-contiguous, B k-contiguous)
+//   backward  dx[M,K] = dy[M,N] . W[N,K]          GEMM "NN" (M, K, red. N; B n-contiguous)
+//             dW[N,K] = dy[M,N]^T . x[M,K]        GEMM "TN" (N, K, red. M; A m-contiguous)
+//             db[N]   = sum over rows of dy        column-sum kernel
+// Generic GEMM: C[M,N] = sum_k A(m,k) B(k,n) (+ bias[n] in the epilogue).
+//
+// Kernels (all in gemm.cuh):
+//   * float32 (TF32 off) and float64: simt_gemm_kernel, a shared-memory tiled
+//     CUDA-core GEMM accumulating in the type itself.
+//       float32 "big"  : block 128x128, BK 8, 256 threads, 8x8 per thread (two
+//                        4-wide row groups and column groups: 16-byte LDS), 2 blocks/SM
+//       float64 "mid"  : block 64x64, BK 8, 256 threads, 4x4 per thread
+//       "small" (both) : block 32x32, BK 16, 64 threads, 4x4 per thread
+//     Shared memory holds both operands k-major (As[k][m], Bs[k][n], rows
+//     padded by 4 elements), double buffered: the next K tile is fetched into
+//     registers (16-byte loads when the row length is a multiple of 16 bytes
+//     and the base is aligned, guarded scalar loads otherwise / at edges) while
+//     the current one is multiplied, then stored to the other buffer; one
+//     __syncthreads per K tile. k-contiguous operands are transposed on the
+//     store into shared memory.
+//   * float16 / bfloat16 (and float32 when torch.backends.cuda.matmul.allow_tf32,
+//     i.e. at::globalContext().allowTF32CuBLAS(), as TF32): wmma_gemm_kernel,
+//     WMMA 16x16x16 (TF32: 16x16x8) with float32 accumulators.
+//       "big"   : block 128x128, BK 32 (TF32: 16), 8 warps of 64x32 (4x2
+//                 fragments), 4-stage cp.async ring (80 KB dynamic smem,
+//                 2 blocks/SM); used when the output has >= 16 tiles and both
+//                 operands are 16-byte aligned with rows a multiple of 16 bytes
+//       "small" : block 64x64, BK 32 (TF32: 16), 4 warps of 32x32 (2x2
+//                 fragments), register-staged double buffer (any alignment,
+//                 guarded edges); used for everything else
+//     Operands stay in their global orientation in shared memory (16-byte row
+//     padding, so the WMMA loads are conflict-light); the epilogue stages each
+//     16x16 accumulator through shared memory, adds the bias in float32 and
+//     rounds once to the output type.
+//   Tile choice (float32 SIMT): "big" when it yields >= 16 output tiles, else
+//   "small"; float64: "mid" when >= 32 tiles, else "small". Deterministic
+//   split-K when the output has fewer tiles than the GPU has SMs: blockIdx.z
+//   takes a fixed range of K tiles and writes raw partial sums (float32 for
+//   the half types and TF32, T otherwise) to a workspace [S][M][N] (at::empty,
+//   caching allocator); splitk_reduce_kernel then sums s = 0..S-1 in order and
+//   adds the bias (the epilogue of the split path). No atomics anywhere: bitwise
+//   reproducible run to run. The split count depends only on the shape and the
+//   GPU's SM count.
+//   * db: colsum_kernel, fixed 1024-row chunks (32 columns x 8 row groups per
+//     block, fixed-order combine), a second launch sums the chunk partials.
+// All launches use the current stream, no host synchronisation, no cudaMalloc
+// (CUDA-graph capturable). The async WMMA kernels raise their dynamic shared
+// memory limit once per device with cudaFuncSetAttribute (not a stream operation).
+#include <ATen/Context.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <climits>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "fastnn/checks.h"
+#include "gemm.cuh"
+
+namespace fastnn {
+namespace {
+
+enum class Layout { NT, NN, TN };
+
+int sm_count(int device) {
+  static std::array<std::atomic<int>, 128> cache{};
+  if (device < 0 || device >= 128) return 132;
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+    if (v <= 0) v = 1;
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct Split {
+  int splits;
+  int kt_per_split;
+};
+
+// Deterministic split-K choice: depends only on the shape and the SM count.
+// Split only when the output has fewer tiles than SMs; aim for ~2 blocks per
+// SM, at least `min_kt` K tiles per split, at most 32 splits.
+Split choose_split(int64_t tiles, int64_t k_tiles, int sms, int64_t min_kt, int64_t MN,
+                   int64_t acc_bytes) {
+  Split s{1, static_cast<int>(std::max<int64_t>(k_tiles, 1))};
+  if (tiles >= sms || k_tiles < 2 * min_kt) return s;
+  int64_t S = std::min<int64_t>({ceil_div(2 * sms, tiles), k_tiles / min_kt, 32});
+  // keep the workspace modest (<= 256 MB)
+  while (S > 1 && S * MN * acc_bytes > (int64_t(256) << 20)) --S;
+  if (S <= 1) return s;
+  const int64_t kps = ceil_div(k_tiles, S);
+  s.kt_per_split = static_cast<int>(kps);
+  s.splits = static_cast<int>(ceil_div(k_tiles, kps));
+  return s;
+}
+
+template <typename T>
+struct AccScalar { static constexpr at::ScalarType value = at::kFloat; };
+template <>
+struct AccScalar<double> { static constexpr at::ScalarType value = at::kDouble; };
+
+template <typename T, typename Acc>
+void launch_reduce(const Acc* ws, T* C, const T* bias, int64_t M, int64_t N, int splits,
+                   cudaStream_t stream) {
+  const int64_t MN = M * N;
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>(ceil_div(MN, threads), int64_t(1) << 20);
+  gemm::splitk_reduce_kernel<T, Acc><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+      ws, C, bias, MN, N, splits);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+struct GemmProblem {
+  Layout layout;
+  const void* A;
+  const void* B;
+  void* C;
+  const void* bias;
+  int64_t M, N, K;
+  const at::Tensor* like;  // device / options for the workspace
+  int sms;
+  cudaStream_t stream;
+};
+
+int64_t tiles_of(const GemmProblem& p, int64_t bm, int64_t bn) {
+  return ceil_div(p.M, bm) * ceil_div(p.N, bn);
+}
+
+// T: CUDA element type; Acc: split-K workspace type. Launches one of the three
+// layout instantiations k_nt / k_nn / k_tn with `smem` bytes of dynamic shared memory.
+template <typename T, typename Acc, int BM, int BN, int BK, int NT, typename KFn>
+void run_tiled(const GemmProblem& p, int64_t min_kt, KFn k_nt, KFn k_nn, KFn k_tn, int smem) {
+  const int64_t tiles_m = ceil_div(p.M, BM);
+  const int64_t tiles_n = ceil_div(p.N, BN);
+  TORCH_CHECK(tiles_m <= INT_MAX && tiles_n <= 65535,
+              "fastnn::linear: matrix too large for the CUDA GEMM grid (", p.M, " x ", p.N, ").");
+  const int64_t k_tiles = ceil_div(p.K, BK);
+  const Split sp = choose_split(tiles_m * tiles_n, k_tiles, p.sms, min_kt, p.M * p.N,
+                                static_cast<int64_t>(sizeof(Acc)));
+  at::Tensor ws;
+  Acc* wsp = nullptr;
+  if (sp.splits > 1) {
+    ws = at::empty({sp.splits, p.M, p.N}, p.like->options().dtype(AccScalar<T>::value));
+    wsp = ws.data_ptr<Acc>();
+  }
+  const dim3 grid(static_cast<unsigned>(tiles_m), static_cast<unsigned>(tiles_n),
+                  static_cast<unsigned>(sp.splits));
+  const T* A = static_cast<const T*>(p.A);
+  const T* B = static_cast<const T*>(p.B);
+  T* C = static_cast<T*>(p.C);
+  const T* bias = static_cast<const T*>(p.bias);
+  KFn k = p.layout == Layout::NT ? k_nt : (p.layout == Layout::NN ? k_nn : k_tn);
+  k<<<grid, NT, smem, p.stream>>>(A, B, C, bias, wsp, p.M, p.N, p.K, sp.kt_per_split);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (sp.splits > 1) launch_reduce<T, Acc>(wsp, C, bias, p.M, p.N, sp.splits, p.stream);
+}
+
+template <typename T, int BM, int BN, int BK, int TM, int TN, int MINB>
+void run_simt(const GemmProblem& p) {
+  constexpr int NT = (BM / TM) * (BN / TN);
+  run_tiled<T, T, BM, BN, BK, NT>(p, /*min_kt: >= 128 K per split*/ std::max(1, 128 / BK),
+                                  gemm::simt_gemm_kernel<T, BM, BN, BK, TM, TN, true, true, MINB>,
+                                  gemm::simt_gemm_kernel<T, BM, BN, BK, TM, TN, true, false, MINB>,
+                                  gemm::simt_gemm_kernel<T, BM, BN, BK, TM, TN, false, false, MINB>,
+                                  /*smem=*/0);
+}
+
+// Raises the dynamic shared-memory limit of `fn` once per device (needed above 48 KB).
+template <typename KFn>
+void allow_smem(KFn fn, int bytes, int device, std::atomic<uint64_t>& done) {
+  if (bytes <= 48 * 1024) return;
+  const uint64_t bit = uint64_t(1) << (device & 63);
+  if (done.load(std::memory_order_acquire) & bit) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn),
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.fetch_or(bit, std::memory_order_acq_rel);
+}
+
+template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES, bool ASYNC>
+void run_wmma(const GemmProblem& p) {
+  constexpr int NT = (BM / WM) * (BN / WN) * 32;
+  auto k_nt = gemm::wmma_gemm_kernel<T, BM, BN, BK, WM, WN, STAGES, ASYNC, true, true>;
+  auto k_nn = gemm::wmma_gemm_kernel<T, BM, BN, BK, WM, WN, STAGES, ASYNC, true, false>;
+  auto k_tn = gemm::wmma_gemm_kernel<T, BM, BN, BK, WM, WN, STAGES, ASYNC, false, false>;
+  // the three layouts' footprints differ slightly; use the largest
+  constexpr int smem = std::max({gemm::WmmaCfg<T, BM, BN, BK, WM, WN, STAGES, true, true>::SMEM_BYTES,
+                                 gemm::WmmaCfg<T, BM, BN, BK, WM, WN, STAGES, true, false>::SMEM_BYTES,
+                                 gemm::WmmaCfg<T, BM, BN, BK, WM, WN, STAGES, false, false>::SMEM_BYTES});
+  static std::atomic<uint64_t> done_nt{0}, done_nn{0}, done_tn{0};
+  const int dev = p.like->device().index();
+  switch (p.layout) {
+    case Layout::NT: allow_smem(k_nt, smem, dev, done_nt); break;
+    case Layout::NN: allow_smem(k_nn, smem, dev, done_nn); break;
+    case Layout::TN: allow_smem(k_tn, smem, dev, done_tn); break;
+  }
+  run_tiled<T, float, BM, BN, BK, NT>(p, /*min_kt: >= 256 K per split*/ std::max(1, 256 / BK),
+                                      k_nt, k_nn, k_tn, smem);
+}
+
+// Operands qualify for the cp.async pipeline: 16-byte aligned base pointers and
+// rows (the contiguous dimension) a multiple of 16 bytes.
+bool async_ok(const GemmProblem& p, int64_t elem_bytes) {
+  const int64_t vec = 16 / elem_bytes;
+  const bool a_kmaj = p.layout != Layout::TN;
+  const bool b_kmaj = p.layout == Layout::NT;
+  const auto al = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
+  return al(p.A) && al(p.B) && (a_kmaj ? p.K : p.M) % vec == 0 && (b_kmaj ? p.K : p.N) % vec == 0;
+}
+
+template <typename T>
+void run_tensor_core(const GemmProblem& p) {
+  constexpr int BK = sizeof(T) == 2 ? 32 : 16;
+  if (tiles_of(p, 128, 128) >= 16 && async_ok(p, sizeof(T)))
+    run_wmma<T, 128, 128, BK, 64, 32, 4, true>(p);
+  else
+    run_wmma<T, 64, 64, BK, 32, 32, 2, false>(p);
+}
+
+// C[M,N] = A . B (+ bias) for the tensor dtype `dtype`.
+void run_gemm(at::ScalarType dtype, const GemmProblem& p) {
+  switch (dtype) {
+    case at::kFloat:
+      if (at::globalContext().allowTF32CuBLAS()) {
+        run_tensor_core<float>(p);  // TF32 tensor cores, like native matmul
+      } else {
+        if (tiles_of(p, 128, 128) >= 16) run_simt<float, 128, 128, 8, 8, 8, 2>(p);
+        else run_simt<float, 32, 32, 16, 4, 4, 1>(p);
+      }
+      break;
+    case at::kDouble:
+      if (tiles_of(p, 64, 64) >= 32) run_simt<double, 64, 64, 8, 4, 4, 1>(p);
+      else run_simt<double, 32, 32, 16, 4, 4, 1>(p);
+      break;
+    case at::kHalf:
+      run_tensor_core<__half>(p);
+      break;
+    case at::kBFloat16:
+      run_tensor_core<__nv_bfloat16>(p);
+      break;
+    default:
+      TORCH_CHECK(false, "fastnn::linear: unsupported dtype ", dtype);
+  }
+}
+
+// grad_bias[n] = sum_m dy[m][n]  (fixed-size row chunks, fixed-order sums).
+template <typename T, typename Acc>
+void colsum(const T* dy, T* out, int64_t M, int64_t N, const at::Tensor& like,
+            cudaStream_t stream) {
+  const int64_t rpc = std::max<int64_t>(1024, ceil_div(M, 65535));
+  const int64_t chunks = std::max<int64_t>(1, ceil_div(M, rpc));
+  const dim3 block(32, 8);
+  const int64_t col_blocks = ceil_div(N, 32);
+  TORCH_CHECK(col_blocks <= INT_MAX, "fastnn::linear_backward: too many output features.");
+  if (chunks == 1) {
+    gemm::colsum_kernel<T, T, Acc><<<dim3(static_cast<unsigned>(col_blocks), 1), block, 0, stream>>>(
+        dy, out, M, N, std::max<int64_t>(M, 1));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  at::Tensor part = at::empty({chunks, N}, like.options().dtype(AccScalar<T>::value));
+  Acc* pp = part.data_ptr<Acc>();
+  gemm::colsum_kernel<T, Acc, Acc>
+      <<<dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(chunks)), block, 0, stream>>>(
+          dy, pp, M, N, rpc);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  gemm::colsum_kernel<Acc, T, Acc><<<dim3(static_cast<unsigned>(col_blocks), 1), block, 0, stream>>>(
+      pp, out, chunks, N, chunks);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void check_linear_operands(const char* op, const at::Tensor& input, const at::Tensor& weight) {
+  check_floating(op, "input", input);
+  check_floating(op, "weight", weight);
+  check_same_dtype(op, "weight", weight, "input", input);
+  check_same_device(op, "weight", weight, "input", input);
+  TORCH_CHECK(input.is_cuda(), "fastnn::", op, ": expected CUDA tensors, got `input` on ",
+              input.device(), ".");
+  TORCH_CHECK(input.dim() >= 1, "fastnn::", op,
+              ": `input` must have at least 1 dimension (..., in_features), got a 0-d tensor.");
+  check_dim(op, "weight", weight, 2);
+  TORCH_CHECK(input.size(-1) == weight.size(1), "fastnn::", op, ": `input` has shape ",
+              input.sizes(), " (", input.size(-1), " features in its last dim) but `weight` has shape ",
+              weight.sizes(), " (expects ", weight.size(1),
+              " input features); the last dim of `input` must equal weight.size(1).");
+}
+
+int64_t leading_rows(const at::Tensor& t) {
+  int64_t m = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) m *= t.size(d);
+  return m;
+}
+
+template <typename F>
+void dispatch_cuda_type(at::ScalarType dt, F&& f) {
+  switch (dt) {
+    case at::kFloat: f(float{}, float{}); break;
+    case at::kDouble: f(double{}, double{}); break;
+    case at::kHalf: f(__half{}, float{}); break;
+    case at::kBFloat16: f(__nv_bfloat16{}, float{}); break;
+    default: TORCH_CHECK(false, "fastnn::linear: unsupported dtype ", dt);
+  }
+}
+
+}  // namespace
+
+at::Tensor linear_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias) {
+  const char* op = "linear_forward";
+  check_linear_operands(op, input, weight);
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) {
+    check_floating(op, "bias", *bias);
+    check_same_dtype(op, "bias", *bias, "input", input);
+    check_same_device(op, "bias", *bias, "input", input);
+    check_dim(op, "bias", *bias, 1);
+    TORCH_CHECK(bias->size(0) == weight.size(0), "fastnn::", op, ": `bias` has ", bias->size(0),
+                " elements but `weight` has shape ", weight.sizes(), " (", weight.size(0),
+                " output features); they must match.");
+  }
+  c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor x = input.contiguous();
+  const at::Tensor w = weight.contiguous();
+  at::Tensor b;
+  if (has_bias) b = bias->contiguous();
+  const int64_t K = w.size(1), N = w.size(0), M = leading_rows(x);
+  std::vector<int64_t> out_sizes(x.sizes().begin(), x.sizes().end());
+  out_sizes.back() = N;
+  at::Tensor out = at::empty(out_sizes, x.options());
+  if (M == 0 || N == 0) return out;
+  GemmProblem p{Layout::NT, x.data_ptr(), w.data_ptr(), out.data_ptr(),
+                has_bias ? b.data_ptr() : nullptr, M, N, K, &x,
+                sm_count(x.device().index()), c10::cuda::getCurrentCUDAStream()};
+  run_gemm(x.scalar_type(), p);
+  return out;
+}
+
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>
+linear_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                     const at::Tensor& weight, std::array<bool, 3> output_mask) {
+  const char* op = "linear_backward";
+  check_linear_operands(op, input, weight);
+  check_floating(op, "grad_output", grad_output);
+  check_same_dtype(op, "grad_output", grad_output, "input", input);
+  check_same_device(op, "grad_output", grad_output, "input", input);
+  std::vector<int64_t> y_sizes(input.sizes().begin(), input.sizes().end());
+  y_sizes.back() = weight.size(0);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(y_sizes), "fastnn::", op,
+              ": `grad_output` has shape ", grad_output.sizes(), " but the forward output has shape ",
+              at::IntArrayRef(y_sizes), " (input ", input.sizes(), ", weight ", weight.sizes(),
+              "); they must match.");
+  c10::cuda::CUDAGuard guard(input.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor dy = grad_output.contiguous();
+  const at::Tensor x = input.contiguous();
+  const at::Tensor w = weight.contiguous();
+  const int64_t K = w.size(1), N = w.size(0), M = leading_rows(x);
+  const int sms = sm_count(x.device().index());
+
+  std::optional<at::Tensor> grad_input, grad_weight, grad_bias;
+  if (output_mask[0]) {
+    at::Tensor gi = at::empty(input.sizes(), x.options());
+    if (M > 0 && K > 0) {
+      // dx[M,K] = dy[M,N] . W[N,K]
+      GemmProblem p{Layout::NN, dy.data_ptr(), w.data_ptr(), gi.data_ptr(), nullptr,
+                    M, K, N, &x, sms, stream};
+      run_gemm(x.scalar_type(), p);
+    }
+    grad_input = gi;
+  }
+  if (output_mask[1]) {
+    at::Tensor gw = at::empty({N, K}, x.options());
+    if (N > 0 && K > 0) {
+      // dW[N,K] = dy[M,N]^T . x[M,K]
+      GemmProblem p{Layout::TN, dy.data_ptr(), x.data_ptr(), gw.data_ptr(), nullptr,
+                    N, K, M, &x, sms, stream};
+      run_gemm(x.scalar_type(), p);
+    }
+    grad_weight = gw;
+  }
+  if (output_mask[2]) {
+    at::Tensor gb = at::empty({N}, x.options());
+    if (N > 0) {
+      dispatch_cuda_type(x.scalar_type(), [&](auto t, auto acc) {
+        using T = decltype(t);
+        using Acc = decltype(acc);
+        colsum<T, Acc>(static_cast<const T*>(dy.data_ptr()), static_cast<T*>(gb.data_ptr()), M, N,
+                       x, stream);
+      });
+    }
+    grad_bias = gb;
+  }
+  return std::make_tuple(grad_input, grad_weight, grad_bias);
+}
+
+TORCH_LIBRARY_IMPL(fastnn, CUDA, m) {
+  m.impl("linear_forward", &linear_forward_cuda);
+  m.impl("linear_backward", &linear_backward_cuda);
+}
+
+}  // namespace fastnn

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# On a machine with a GPU: build fastnn against the torch installed there, run the CUDA
+# tests, compute-sanitizer (memcheck, racecheck) over every op, the kernel checks and the
+# op benchmarks. Logs and results go to OUTDIR; a summary is printed last.
+#
+#   scripts/gpu_check.sh OUTDIR [quick]
+set -uo pipefail
+OUT=${1:?usage: scripts/gpu_check.sh OUTDIR [quick]}
+MODE=${2:-full}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONUNBUFFERED=1
+# The GPU image's default compiler (CC/CXX=/opt/gcc/bin/..., a wrapper with its own
+# toolchain paths) links a second libstdc++ into the extension, which crashes as soon
+# as c10 formats a number into an error message. Build with the system compiler
+# (override with FASTNN_CC / FASTNN_CXX).
+if [ -x "${FASTNN_CXX:-/usr/bin/g++}" ]; then
+  export CC=${FASTNN_CC:-/usr/bin/gcc} CXX=${FASTNN_CXX:-/usr/bin/g++}
+fi
+declare -A status
+
+step() {  # step NAME LOGFILE CMD...: run CMD, log to OUT/LOGFILE, record pass/fail
+  local name=$1 log=$2; shift 2
+  local t0=$SECONDS
+  "$@" > "$OUT/$log" 2>&1
+  local rc=$?
+  status[$name]="rc=$rc $((SECONDS - t0))s"
+  echo "== $name: rc=$rc ($((SECONDS - t0)) s)"
+  [ $rc -eq 0 ] || tail -n 25 "$OUT/$log"
+  return $rc
+}
+
+{ nvidia-smi; $PY -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } > "$OUT/machine.txt" 2>&1
+step build build.log $PY -m pip install --no-build-isolation --no-deps -v -e . || exit 1
+step tests pytest.log $PY -m pytest -q -rs tests
+step gemm_check gemm_check.log $PY scripts/gemm_check.py
+step ops_check ops_check.log $PY scripts/ops_check.py
+export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+step memcheck memcheck.log compute-sanitizer --tool memcheck --error-exitcode 1 $PY scripts/sanitize_ops.py
+step racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 1 $PY scripts/sanitize_ops.py
+unset PYTORCH_NO_CUDA_MEMORY_CACHING
+if [ "$MODE" = full ]; then
+  step bench bench.log $PY -m benchmarks.run --device cuda --out "$OUT/results"
+fi
+echo "== summary"; for k in "${!status[@]}"; do echo "$k: ${status[$k]}"; done

@@ -1,0 +1,86 @@
+"""Shared fixtures for the fastnn test suite.
+
+* ``device``: "cpu" always; "cuda" when torch.cuda.is_available() and fastnn was built
+  with CUDA kernels (fastnn.WITH_CUDA), otherwise that case is skipped with the reason.
+* ``dtype``: when a test also takes ``device``, the dtypes fastnn supports there
+  (float32/float64 on cpu; plus float16/bfloat16 on cuda). Restrict a test with
+  ``@pytest.mark.dtypes(torch.float64, ...)``.
+* Every test starts from ``torch.manual_seed(0)`` (autouse ``_seed``) and leaves the
+  thread count, default dtype and TF32 flags as it found them.
+* Tolerances and the helpers for non-contiguous inputs live in ``support.py``.
+"""
+import pytest
+import torch
+
+import fastnn
+from support import CUDA_OK, CUDA_SKIP_REASON, dtypes_for
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "dtypes(*dtypes): restrict the dtype parametrisation")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (still run)")
+    config.addinivalue_line("markers", "cuda: needs a CUDA device and fastnn's CUDA kernels")
+
+
+def _device_params():
+    return [pytest.param("cpu", id="cpu"),
+            pytest.param("cuda", id="cuda",
+                         marks=[pytest.mark.cuda,
+                                pytest.mark.skipif(not CUDA_OK, reason=CUDA_SKIP_REASON)])]
+
+
+def _explicitly_parametrized(metafunc):
+    names = set()
+    for m in metafunc.definition.iter_markers("parametrize"):
+        argnames = m.args[0] if m.args else m.kwargs["argnames"]
+        if isinstance(argnames, str):
+            argnames = [a.strip() for a in argnames.split(",")]
+        names.update(argnames)
+    return names
+
+
+def pytest_generate_tests(metafunc):
+    explicit = _explicitly_parametrized(metafunc)
+    names = [n for n in metafunc.fixturenames if n not in explicit]
+    marker = metafunc.definition.get_closest_marker("dtypes")
+    allowed = tuple(marker.args) if marker else None
+    if "device" in names and "dtype" in names:
+        params = []
+        for dev in _device_params():
+            for dt in dtypes_for(dev.values[0]):
+                if allowed is not None and dt not in allowed:
+                    continue
+                params.append(pytest.param(dev.values[0], dt, id=f"{dev.id}-{str(dt)[6:]}",
+                                           marks=dev.marks))
+        metafunc.parametrize("device,dtype", params)
+    elif "device" in names:
+        metafunc.parametrize("device", _device_params())
+    elif "dtype" in names:
+        dts = [dt for dt in dtypes_for("cpu") if allowed is None or dt in allowed]
+        metafunc.parametrize("dtype", dts, ids=[str(d)[6:] for d in dts])
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Seeded RNG per test, and restore global state a test may touch."""
+    torch.manual_seed(0)
+    if CUDA_OK:
+        torch.cuda.manual_seed_all(0)
+    threads = torch.get_num_threads()
+    default_dtype = torch.get_default_dtype()
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(default_dtype)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+@pytest.fixture
+def cuda_only():
+    if not CUDA_OK:
+        pytest.skip(CUDA_SKIP_REASON)
+
+
+def pytest_report_header(config):
+    return (f"fastnn {fastnn.__version__} (WITH_CUDA={fastnn.WITH_CUDA}), torch {torch.__version__}, "
+            f"cuda available: {torch.cuda.is_available()}, threads: {torch.get_num_threads()}")

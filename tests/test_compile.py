@@ -1,0 +1,113 @@
+"""torch.compile(fullgraph=True) of the seed MLP built from fastnn layers: forward + loss
+compile into one graph (the fake kernels in fastnn/_ops.py make fastnn's ops traceable),
+backward runs through AOT autograd, and everything matches eager fastnn and native."""
+import copy
+
+import pytest
+import torch
+import torch._dynamo
+
+import fastnn
+from fastnn import nn as fnn
+from support import assert_close, seed_mlp, synthetic_mnist
+
+
+@pytest.fixture(autouse=True)
+def _reset_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _models(device, loss):
+    torch.manual_seed(0)
+    native = seed_mlp(torch.nn, log_softmax=(loss == "nll")).to(device)
+    fast = fastnn.convert(copy.deepcopy(native))
+    loss_fn = fastnn.NLLLoss() if loss == "nll" else fastnn.CrossEntropyLoss()
+    native_loss = torch.nn.NLLLoss() if loss == "nll" else torch.nn.CrossEntropyLoss()
+    return native, fast, loss_fn, native_loss
+
+
+def _run(model, loss_fn, x, t):
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), t)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def _compare(got, ref, dtype=torch.float32):
+    (l1, g1), (l0, g0) = got, ref
+    assert_close(l1, l0, dtype, k=784)
+    for a, b in zip(g1, g0):
+        assert_close(a, b, dtype, k=784)
+
+
+@pytest.mark.parametrize("loss", ["nll", "ce"])
+def test_compile_mlp_aot_eager(device, loss):
+    native, fast, loss_fn, native_loss = _models(device, loss)
+    x, t = synthetic_mnist(64, device=device)
+    eager = _run(fast, loss_fn, x, t)
+    _compare(eager, _run(native, native_loss, x, t))
+
+    compiled_step = torch.compile(lambda x, t: loss_fn(fast(x), t), backend="aot_eager",
+                                  fullgraph=True)
+    for _ in range(2):  # second call: the cached graph
+        fast.zero_grad(set_to_none=True)
+        loss_value = compiled_step(x, t)
+        loss_value.backward()
+        got = (loss_value.detach(), [p.grad.clone() for p in fast.parameters()])
+        _compare(got, eager)
+
+
+def test_compile_module_fullgraph_and_inplace_relu(device):
+    """torch.compile(module, fullgraph=True), with inplace ReLU and a 3-D input."""
+    torch.manual_seed(0)
+    model = fnn.Sequential(fnn.Linear(20, 32), fnn.ReLU(inplace=True), fnn.Linear(32, 5),
+                           fnn.LogSoftmax(dim=-1)).to(device)
+    ref = copy.deepcopy(model)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(3, 4, 20, device=device)
+    y1, y0 = compiled(x), ref(x)
+    assert_close(y1, y0, torch.float32, k=32)
+    y1.square().sum().backward()
+    y0.square().sum().backward()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert_close(a.grad, b.grad, torch.float32, k=32)
+
+
+def test_compile_functional_with_loss_options(device):
+    """nll_loss / cross_entropy with weight, ignore_index, reduction inside a graph."""
+    import fastnn.functional as FF
+    w = torch.rand(10, device=device) + 0.5
+    x = torch.randn(16, 10, device=device, requires_grad=True)
+    t = torch.randint(0, 10, (16,), device=device)
+    t[::4] = 3
+
+    def f(x):
+        lp = FF.log_softmax(x, 1)
+        return (FF.nll_loss(lp, t, w, ignore_index=3, reduction="sum")
+                + FF.cross_entropy(x, t, w, ignore_index=3, reduction="none").mean()
+                + FF.relu(FF.linear(x, torch.eye(10, device=device))).sum())
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    out1 = compiled(x)
+    (g1,) = torch.autograd.grad(out1, x)
+    out0 = f(x)
+    (g0,) = torch.autograd.grad(out0, x)
+    assert_close(out1.detach(), out0.detach(), torch.float32, k=160)
+    assert_close(g1, g0, torch.float32, k=160)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["nll"])
+def test_compile_mlp_inductor(device, loss):
+    """The default backend (inductor; on CPU it compiles C++ with gcc). fastnn's ops are
+    extern calls in the generated code; the rest (none here but views) is generated."""
+    native, fast, loss_fn, native_loss = _models(device, loss)
+    x, t = synthetic_mnist(64, device=device)
+    eager = _run(fast, loss_fn, x, t)
+    compiled_step = torch.compile(lambda x, t: loss_fn(fast(x), t), fullgraph=True)
+    fast.zero_grad(set_to_none=True)
+    loss_value = compiled_step(x, t)
+    loss_value.backward()
+    _compare((loss_value.detach(), [p.grad.clone() for p in fast.parameters()]), eager)

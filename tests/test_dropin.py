@@ -1,0 +1,219 @@
+"""Drop-in compatibility with torch.nn: state_dict round trips, repr, parameter names,
+default initialisation, fastnn.convert, and models written against `fastnn.nn`."""
+import copy
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastnn
+import fastnn.nn.functional as FNF
+from fastnn import nn as fnn
+from support import assert_close, seed_mlp, synthetic_mnist
+
+FAST_TYPES = (fastnn.Linear, fastnn.ReLU, fastnn.LogSoftmax, fastnn.NLLLoss, fastnn.CrossEntropyLoss)
+
+
+def test_fastnn_nn_namespace():
+    assert fnn.Linear is fastnn.Linear and fnn.ReLU is fastnn.ReLU
+    assert fnn.LogSoftmax is fastnn.LogSoftmax and fnn.NLLLoss is fastnn.NLLLoss
+    assert fnn.CrossEntropyLoss is fastnn.CrossEntropyLoss
+    # everything else is torch.nn's own
+    assert fnn.Sequential is nn.Sequential and fnn.Module is nn.Module
+    assert fnn.Dropout is nn.Dropout and fnn.init is nn.init and fnn.utils is nn.utils
+    for name in ("linear", "relu", "log_softmax", "nll_loss", "cross_entropy"):
+        assert getattr(FNF, name) is getattr(fastnn.functional, name)
+    assert FNF.softmax is F.softmax and FNF.dropout is F.dropout
+    for cls in FAST_TYPES:
+        assert issubclass(cls, getattr(nn, cls.__name__))
+
+
+def test_default_init_matches_native():
+    torch.manual_seed(42)
+    native = seed_mlp(torch.nn)
+    after_native = torch.rand(3)
+    torch.manual_seed(42)
+    fast = seed_mlp(fnn)
+    after_fast = torch.rand(3)
+    assert torch.equal(after_native, after_fast), "construction drew a different number of randoms"
+    n_sd, f_sd = native.state_dict(), fast.state_dict()
+    assert list(n_sd.keys()) == list(f_sd.keys())
+    for k in n_sd:
+        assert torch.equal(n_sd[k], f_sd[k]), k
+    assert [n for n, _ in native.named_parameters()] == [n for n, _ in fast.named_parameters()]
+    assert repr(fast) == repr(native)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(bias=False)], ids=["bias", "nobias"])
+def test_linear_repr_params_and_init(kwargs):
+    torch.manual_seed(3)
+    a = nn.Linear(7, 5, **kwargs)
+    torch.manual_seed(3)
+    b = fastnn.Linear(7, 5, **kwargs)
+    assert repr(a) == repr(b)
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: m.ReLU(inplace=True), lambda m: m.ReLU(), lambda m: m.LogSoftmax(dim=1),
+    lambda m: m.NLLLoss(ignore_index=3, reduction="sum"),
+    lambda m: m.CrossEntropyLoss(weight=torch.ones(4), reduction="none"),
+    lambda m: m.Linear(3, 2, dtype=torch.float64)])
+def test_module_repr_and_state_dict_keys(make):
+    a, b = make(nn), make(fnn)
+    assert repr(a) == repr(b)
+    assert a.state_dict().keys() == b.state_dict().keys()
+
+
+def test_state_dict_round_trip_sequential(device):
+    torch.manual_seed(0)
+    native = seed_mlp(torch.nn).to(device)
+    torch.manual_seed(1)  # different init: loading must overwrite it
+    fast = seed_mlp(fnn).to(device)
+    fast.load_state_dict(native.state_dict())
+    x, _ = synthetic_mnist(16, device=device)
+    assert_close(fast(x), native(x).detach(), torch.float32, k=784)
+    # and back
+    torch.manual_seed(2)
+    native2 = seed_mlp(torch.nn).to(device)
+    native2.load_state_dict(fast.state_dict())
+    for a, b in zip(native.state_dict().values(), native2.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_state_dict_round_trip_ordered_dict(device, tmp_path):
+    def build(m):
+        return m.Sequential(OrderedDict([
+            ("fc1", m.Linear(784, 256)), ("relu1", m.ReLU()), ("drop", m.Dropout(0.2)),
+            ("fc2", m.Linear(256, 10)), ("out", m.LogSoftmax(dim=1))]))
+
+    torch.manual_seed(0)
+    native = build(nn).to(device)
+    fast = build(fnn).to(device)
+    assert repr(fast) == repr(native)
+    assert list(fast.state_dict()) == list(native.state_dict()) == \
+        ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    path = tmp_path / "native.pt"
+    torch.save(native.state_dict(), path)
+    fast.load_state_dict(torch.load(path, weights_only=True))
+    native.eval()
+    fast.eval()
+    x, t = synthetic_mnist(8, device=device)
+    assert_close(fast(x), native(x).detach(), torch.float32, k=784)
+    torch.save(fast.state_dict(), path)
+    native.load_state_dict(torch.load(path, weights_only=True))
+
+
+def test_convert_swaps_exact_types_and_keeps_parameters():
+    class MyLinear(nn.Linear):  # a user subclass may override forward: must be left alone
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), MyLinear(8, 8),
+                         nn.Sequential(nn.Linear(8, 3), nn.LogSoftmax(dim=1)), nn.Tanh())
+    root = nn.ModuleDict({"body": body, "nll": nn.NLLLoss(weight=torch.ones(3)),
+                          "ce": nn.CrossEntropyLoss(ignore_index=1)})
+    params = list(root.parameters())
+    param_ids = [id(p) for p in params]
+    modules = list(root.modules())
+    x = torch.randn(5, 4)
+    root.eval()
+    expected = body(x)
+    opt = torch.optim.SGD(root.parameters(), lr=0.1)  # built before conversion
+
+    out = fastnn.convert(root)
+    assert out is root
+    assert [id(p) for p in root.parameters()] == param_ids
+    assert [id(m) for m in root.modules()] == [id(m) for m in modules]
+    model = root["body"]
+    assert type(model[0]) is fastnn.Linear and type(model[1]) is fastnn.ReLU
+    assert type(model[2]) is nn.Dropout
+    assert type(model[3]) is MyLinear
+    assert type(model[4][0]) is fastnn.Linear and type(model[4][1]) is fastnn.LogSoftmax
+    assert type(model[5]) is nn.Tanh
+    assert type(root["nll"]) is fastnn.NLLLoss and type(root["ce"]) is fastnn.CrossEntropyLoss
+    assert torch.equal(root["nll"].weight, torch.ones(3)) and root["ce"].ignore_index == 1
+    assert_close(model(x), expected.detach(), torch.float32, k=8)
+    # the optimizer still updates the converted model's parameters
+    before = model[0].weight.detach().clone()
+    root["nll"](model(x), torch.tensor([0, 1, 2, 0, 1])).backward()
+    opt.step()
+    assert not torch.equal(model[0].weight, before)
+    # idempotent
+    assert fastnn.convert(root) is root and type(model[0]) is fastnn.Linear
+
+
+def test_convert_single_layer_and_inplace_flag():
+    lin = nn.Linear(3, 2)
+    assert fastnn.convert(lin) is lin and type(lin) is fastnn.Linear
+    r = nn.ReLU(inplace=True)
+    fastnn.convert(r)
+    assert type(r) is fastnn.ReLU and r.inplace
+    ls = nn.LogSoftmax(dim=0)
+    fastnn.convert(ls)
+    assert ls.dim == 0
+
+
+def test_converted_model_matches_native_training_step(device):
+    torch.manual_seed(0)
+    native = seed_mlp(torch.nn).to(device)
+    fast = fastnn.convert(copy.deepcopy(native))
+    x, t = synthetic_mnist(32, device=device)
+    for model in (native, fast):
+        F.nll_loss(model(x), t).backward()
+    for (n0, p0), (n1, p1) in zip(native.named_parameters(), fast.named_parameters()):
+        assert n0 == n1
+        assert_close(p1.grad, p0.grad, torch.float32, k=784, msg=lambda m: f"{n0}: {m}")
+
+
+def test_classifier_written_against_fastnn_nn(device):
+    from fastnn import nn as nn_  # noqa: the "drop-in" import style
+    import fastnn.nn.functional as F_
+
+    class Classifier(nn_.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn_.Linear(784, 256)
+            self.fc2 = nn_.Linear(256, 128)
+            self.fc3 = nn_.Linear(128, 64)
+            self.fc4 = nn_.Linear(64, 10)
+            self.dropout = nn_.Dropout(p=0.2)
+
+        def forward(self, x):
+            x = x.view(x.shape[0], -1)
+            x = self.dropout(F_.relu(self.fc1(x)))
+            x = self.dropout(F_.relu(self.fc2(x)))
+            x = self.dropout(F_.relu(self.fc3(x)))
+            return F_.log_softmax(self.fc4(x), dim=1)
+
+    class NativeClassifier(Classifier):
+        def forward(self, x):
+            x = x.view(x.shape[0], -1)
+            x = F.relu(F.linear(x, self.fc1.weight, self.fc1.bias))
+            x = F.relu(F.linear(x, self.fc2.weight, self.fc2.bias))
+            x = F.relu(F.linear(x, self.fc3.weight, self.fc3.bias))
+            return F.log_softmax(F.linear(x, self.fc4.weight, self.fc4.bias), dim=1)
+
+    torch.manual_seed(0)
+    model = Classifier().to(device)
+    ref = NativeClassifier().to(device)
+    ref.load_state_dict(model.state_dict())
+    assert type(model.fc1) is fastnn.Linear
+    model.eval()
+    x, t = synthetic_mnist(10, device=device)
+    x = x.view(10, 1, 28, 28)
+    criterion = nn_.NLLLoss()
+    loss = criterion(model(x), t)
+    loss_ref = F.nll_loss(ref(x), t)
+    assert_close(loss.detach(), loss_ref.detach(), torch.float32, k=784)
+    loss.backward()
+    loss_ref.backward()
+    for (n0, p0), (n1, p1) in zip(ref.named_parameters(), model.named_parameters()):
+        assert_close(p1.grad, p0.grad, torch.float32, k=784, msg=lambda m: f"{n0}: {m}")
+    # train mode (dropout active) runs and gives a finite loss
+    model.train()
+    assert torch.isfinite(criterion(model(x), t))

@@ -1,0 +1,272 @@
+"""Bad input raises a clear Python exception (never crashes, never returns garbage)."""
+import pytest
+import torch
+
+import fastnn
+import fastnn.functional as FF
+from support import CUDA_OK, CUDA_SKIP_REASON, randn
+
+ops = torch.ops.fastnn
+DTYPE_MSG = "float32 and float64"  # checks.h: "... but fastnn supports float32 and float64 on cpu"
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+@pytest.mark.parametrize("bad", [torch.int64, torch.int32, torch.bool])
+def test_integer_input_dtype(bad):
+    x = torch.ones(3, 4, dtype=bad)
+    with pytest.raises(RuntimeError, match=DTYPE_MSG):
+        FF.linear(x, torch.ones(2, 4, dtype=bad))
+    with pytest.raises(RuntimeError, match=DTYPE_MSG):
+        FF.relu(x)
+    with pytest.raises(RuntimeError, match=DTYPE_MSG):
+        FF.relu(x.clone(), inplace=True)
+    with pytest.raises(RuntimeError, match=DTYPE_MSG):
+        FF.log_softmax(x, 1)
+    t = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(RuntimeError, match=DTYPE_MSG):
+        FF.nll_loss(x, t)
+    with pytest.raises(RuntimeError, match=DTYPE_MSG):
+        FF.cross_entropy(x, t)
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_on_cpu(half):
+    x = torch.randn(3, 4).to(half)
+    w = torch.randn(2, 4).to(half)
+    msg = f"{DTYPE_MSG} on cpu"
+    with pytest.raises(RuntimeError, match=msg):
+        FF.linear(x, w)
+    with pytest.raises(RuntimeError, match=msg):
+        FF.linear(x.requires_grad_(), w)
+    with pytest.raises(RuntimeError, match=msg):
+        FF.relu(x)
+    with pytest.raises(RuntimeError, match=msg):
+        FF.log_softmax(x, 1)
+    t = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(RuntimeError, match=msg):
+        FF.nll_loss(x, t)
+    with pytest.raises(RuntimeError, match=msg):
+        FF.cross_entropy(x, t)
+
+
+def test_mixed_dtypes():
+    x = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="dtype"):
+        FF.linear(x, torch.randn(2, 4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="dtype"):
+        FF.linear(x, torch.randn(2, 4), torch.randn(2, dtype=torch.float64))
+    t = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        FF.nll_loss(x, t, weight=torch.ones(4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="same dtype"):
+        FF.cross_entropy(x, t, weight=torch.ones(4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.relu_backward(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------- shapes
+
+SHAPE_MSG = r"(?i)(shape|size|feature)"
+
+
+def test_linear_shape_mismatch():
+    with pytest.raises(RuntimeError, match=SHAPE_MSG):
+        FF.linear(torch.randn(4, 5), torch.randn(3, 6))
+    with pytest.raises(RuntimeError, match=SHAPE_MSG):
+        FF.linear(torch.randn(4, 5, requires_grad=True), torch.randn(3, 6))
+    with pytest.raises(RuntimeError, match=SHAPE_MSG):
+        fastnn.Linear(6, 3)(torch.randn(2, 7, 5))
+    with pytest.raises(RuntimeError, match=SHAPE_MSG):  # bias of the wrong length
+        FF.linear(torch.randn(4, 5), torch.randn(3, 5), torch.randn(4))
+    with pytest.raises(RuntimeError, match=SHAPE_MSG):  # 2-D bias
+        FF.linear(torch.randn(4, 5), torch.randn(3, 5), torch.randn(1, 3))
+    with pytest.raises(RuntimeError, match=r"(?i)(2-D|dim|shape)"):  # 1-D weight
+        FF.linear(torch.randn(4, 5), torch.randn(5))
+    with pytest.raises(RuntimeError, match=r"(?i)(2-D|dim|shape)"):  # 3-D weight
+        FF.linear(torch.randn(4, 5), torch.randn(2, 3, 5))
+    with pytest.raises(RuntimeError, match=r"(?i)(dim|shape|0-d)"):  # 0-d input
+        FF.linear(torch.tensor(1.0), torch.randn(3, 1))
+
+
+def test_linear_backward_shape_mismatch():
+    x, w = torch.randn(4, 5), torch.randn(3, 5)
+    with pytest.raises(RuntimeError, match=SHAPE_MSG):
+        ops.linear_backward(torch.randn(4, 2), x, w, [True, True, True])
+    with pytest.raises(RuntimeError, match=SHAPE_MSG):
+        ops.linear_backward(torch.randn(5, 3), x, w, [True, True, True])
+
+
+def test_relu_and_log_softmax_backward_shape_mismatch():
+    with pytest.raises(RuntimeError, match=SHAPE_MSG):
+        ops.relu_backward(torch.randn(3, 4), torch.randn(4, 3))
+    with pytest.raises(RuntimeError, match=SHAPE_MSG):
+        ops.log_softmax_backward(torch.randn(3, 4), torch.randn(3, 5), 1)
+
+
+def test_log_softmax_dim_out_of_range():
+    for shape, dim in [((3, 4), 2), ((3, 4), -3), ((5,), 1), ((2, 3, 4, 5), 4), ((2, 3, 4, 5), -5)]:
+        with pytest.raises(IndexError, match="out of range"):
+            FF.log_softmax(torch.randn(shape), dim)
+        with pytest.raises(IndexError, match="out of range"):
+            FF.log_softmax(torch.randn(shape, requires_grad=True), dim)
+    with pytest.raises(IndexError, match="out of range"):
+        ops.log_softmax_backward(torch.randn(3, 4), torch.randn(3, 4), 2)
+
+
+LOSSES = [FF.nll_loss, FF.cross_entropy]
+LOSS_IDS = ["nll", "ce"]
+
+
+@pytest.mark.parametrize("fn", LOSSES, ids=LOSS_IDS)
+def test_loss_target_shape(fn):
+    x = torch.randn(4, 5)
+    with pytest.raises(RuntimeError, match="does not match"):
+        fn(x, torch.zeros(4, 5, dtype=torch.long))  # 2-D target for a 2-D input
+    with pytest.raises(RuntimeError, match="does not match"):
+        fn(x, torch.zeros(3, dtype=torch.long))     # wrong batch
+    with pytest.raises(RuntimeError, match="does not match"):
+        fn(torch.randn(2, 5, 3), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="0-d"):
+        fn(torch.randn(5), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="0-d"):
+        fn(torch.tensor(1.0), torch.tensor(0))
+
+
+@pytest.mark.parametrize("fn", LOSSES, ids=LOSS_IDS)
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+def test_loss_target_out_of_bounds(fn, requires_grad):
+    x = torch.randn(4, 5, requires_grad=requires_grad)
+    for bad in (5, -1, 100, -100):
+        t = torch.tensor([0, 1, bad, 2])
+        with pytest.raises(IndexError, match="out of bounds"):
+            fn(x, t, ignore_index=7)
+    with pytest.raises(IndexError, match="out of bounds"):  # 1-D input, 0-d target
+        fn(torch.randn(5, requires_grad=requires_grad), torch.tensor(5))
+    with pytest.raises(IndexError, match="out of bounds"):  # spatial
+        t = torch.zeros(2, 3, dtype=torch.long)
+        t[1, 2] = 9
+        fn(torch.randn(2, 5, 3, requires_grad=requires_grad), t)
+    for red in ("none", "sum", "mean"):
+        with pytest.raises(IndexError, match="out of bounds"):
+            fn(x, torch.tensor([0, 1, 5, 2]), reduction=red)
+    # the ignore_index itself may be out of [0, C)
+    fn(x, torch.tensor([0, 1, -100, 2]))
+    fn(x, torch.tensor([0, 1, 7, 2]), ignore_index=7)
+
+
+@pytest.mark.parametrize("fn", LOSSES, ids=LOSS_IDS)
+def test_loss_target_dtype(fn):
+    x = torch.randn(4, 5)
+    with pytest.raises(RuntimeError, match="int64"):
+        fn(x, torch.zeros(4, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="int64"):
+        fn(x, torch.zeros(4, dtype=torch.uint8))
+    if fn is FF.nll_loss:
+        with pytest.raises(RuntimeError, match="int64"):
+            fn(x, torch.zeros(4, dtype=torch.float32))
+    else:  # a float target means class probabilities, which fastnn does not implement
+        with pytest.raises(NotImplementedError, match="probability targets"):
+            fn(x, torch.zeros(4, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("fn", LOSSES, ids=LOSS_IDS)
+def test_loss_weight_wrong_length(fn):
+    x, t = torch.randn(4, 5), torch.zeros(4, dtype=torch.long)
+    for w in (torch.ones(4), torch.ones(6), torch.ones(1, 5), torch.ones(())):
+        with pytest.raises(RuntimeError, match="one entry per class"):
+            fn(x, t, weight=w)
+    with pytest.raises(RuntimeError, match=DTYPE_MSG):
+        fn(x, t, weight=torch.ones(5, dtype=torch.long))
+
+
+def test_loss_bad_reduction_enum():
+    x, t = torch.randn(4, 5), torch.zeros(4, dtype=torch.long)
+    for op in (ops.nll_loss_forward, ops.cross_entropy_forward):
+        with pytest.raises(RuntimeError, match="reduction"):
+            op(x, t, None, 3, -100)
+
+
+def test_loss_backward_bad_aux_inputs():
+    x, t = torch.randn(4, 5), torch.zeros(4, dtype=torch.long)
+    loss, lse, tw = ops.cross_entropy_forward(x, t, None, 1, -100)
+    with pytest.raises(RuntimeError):  # lse of the wrong shape
+        ops.cross_entropy_backward(torch.tensor(1.0), x, t, None, 1, -100, torch.zeros(3), tw)
+    with pytest.raises(RuntimeError):  # grad_output of the wrong shape for reduction='none'
+        ops.nll_loss_backward(torch.ones(3), x, t, None, 0, -100, tw)
+    with pytest.raises(RuntimeError):
+        ops.cross_entropy_backward(torch.ones(3), x, t, None, 0, -100, lse, tw)
+
+
+# ----------------------------------------------------------------------------- devices
+
+def test_meta_device_works():
+    """meta tensors go through the fake kernels: shapes only, no error."""
+    x = torch.empty(4, 5, device="meta")
+    assert FF.relu(x).shape == (4, 5)
+    assert FF.log_softmax(x, 1).shape == (4, 5)
+    t = torch.empty(4, dtype=torch.long, device="meta")
+    assert FF.nll_loss(x, t).shape == ()
+    assert FF.cross_entropy(x, t, reduction="none").shape == (4,)
+
+
+def test_unsupported_device_message(monkeypatch):
+    """A device fastnn has no kernels for is rejected by name before reaching the ops
+    (exercised with meta, taken off fastnn's device list for this test)."""
+    monkeypatch.setattr(fastnn.functional, "_DEVICES", ("cpu", "cuda"))
+    x = torch.empty(4, 5, device="meta")
+    for call in (lambda: FF.linear(x, x), lambda: FF.relu(x), lambda: FF.log_softmax(x, 1),
+                 lambda: FF.nll_loss(x, torch.empty(4, dtype=torch.long, device="meta")),
+                 lambda: FF.cross_entropy(x, torch.empty(4, dtype=torch.long, device="meta"))):
+        with pytest.raises(RuntimeError, match="tensors on meta are not supported"):
+            call()
+
+
+cuda_only = pytest.mark.skipif(not CUDA_OK, reason=CUDA_SKIP_REASON)
+
+
+@cuda_only
+def test_different_devices():
+    xc, wc = torch.randn(4, 5, device="cuda"), torch.randn(3, 5, device="cuda")
+    with pytest.raises(RuntimeError, match="device"):
+        FF.linear(xc, wc.cpu())
+    with pytest.raises(RuntimeError, match="device"):
+        FF.linear(xc, wc, torch.randn(3))
+    with pytest.raises(RuntimeError, match="device"):
+        FF.linear(xc.cpu(), wc)
+    t = torch.zeros(4, dtype=torch.long)
+    for fn in LOSSES:
+        with pytest.raises(RuntimeError, match="device"):
+            fn(xc, t)
+        with pytest.raises(RuntimeError, match="device"):
+            fn(xc, t.cuda(), weight=torch.ones(5))
+    with pytest.raises(RuntimeError, match="device"):
+        ops.relu_backward(torch.randn(3, device="cuda"), torch.randn(3))
+
+
+@cuda_only
+def test_cuda_tensor_without_cuda_kernels(monkeypatch):
+    monkeypatch.setattr(fastnn.functional, "_C_WITH_CUDA", False)
+    with pytest.raises(RuntimeError, match="no CUDA kernels"):
+        FF.relu(torch.randn(3, device="cuda"))
+
+
+@cuda_only
+@pytest.mark.parametrize("fn", LOSSES, ids=LOSS_IDS)
+def test_cuda_out_of_bounds_target_does_not_crash(fn):
+    """On CUDA an out-of-range target cannot be checked on the host without a sync; a
+    device-side assert raises asynchronously and poisons the context, so this runs in a
+    subprocess. It must raise (or, at the least, give a NaN loss), never return a number,
+    hang or segfault."""
+    import subprocess
+    import sys
+    code = (f"import torch, fastnn, fastnn.functional as FF\n"
+            f"x = torch.randn(4, 5, device='cuda')\n"
+            f"t = torch.tensor([0, 1, 9, 2], device='cuda')\n"
+            f"try:\n"
+            f"    v = FF.{fn.__name__}(x, t).item(); torch.cuda.synchronize()\n"
+            f"    print('nan' if v != v else f'value {{v}}')\n"
+            f"except (RuntimeError, IndexError) as e:\n"
+            f"    print('raised', type(e).__name__)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "raised" in r.stdout or "nan" in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])

@@ -1,0 +1,244 @@
+"""fastnn nll_loss / cross_entropy (and NLLLoss / CrossEntropyLoss) vs native, over the
+option matrix: input shapes (N, C), (C), (N, C, d1), (N, C, d1, d2); weight None/given;
+ignore_index default and set (with targets equal to it); reduction none/mean/sum;
+all-ignored and empty batches; non-contiguous inputs; values and input gradients."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastnn
+import fastnn.functional as FF
+from support import assert_close, leaf, make_layout, randn
+
+LOSSES = {
+    "nll": (F.nll_loss, FF.nll_loss),
+    "ce": (F.cross_entropy, FF.cross_entropy),
+}
+SHAPES = [(5, 7), (7,), (4, 5, 3), (2, 4, 3, 5), (1, 1), (300, 10), (8, 1000)]
+REDUCTIONS = ["none", "mean", "sum"]
+IGNORE = [None, 2, -1]  # None: the default (-100) with no target equal to it
+
+
+def make_inputs(shape, dtype, device, ignore_index=None, weighted=False, ignore_frac=0.3):
+    C = shape[0] if len(shape) == 1 else shape[1]
+    tshape = () if len(shape) == 1 else (shape[0],) + tuple(shape[2:])
+    x = randn(*shape, dtype=dtype, device=device, scale=2)
+    t = torch.randint(0, max(C, 1), tshape, device=device)
+    if ignore_index is not None and t.numel() > 0:
+        mask = torch.rand(tshape, device=device) < ignore_frac
+        if t.dim() == 0:
+            mask = torch.tensor(False, device=device)
+        t = torch.where(mask, torch.full_like(t, ignore_index), t)
+    w = (torch.rand(C, dtype=torch.float64) * 1.5 + 0.5).to(dtype=dtype, device=device) if weighted else None
+    return x, t, w
+
+
+def kwargs_of(reduction, ignore_index):
+    kw = dict(reduction=reduction)
+    if ignore_index is not None:
+        kw["ignore_index"] = ignore_index
+    return kw
+
+
+def check_loss(name, x, t, w, kw, dtype, equal_nan=False):
+    native, fast = LOSSES[name]
+    x0, x1 = leaf(x), leaf(x)
+    l0 = native(x0, t, w, **kw)
+    l1 = fast(x1, t, w, **kw)
+    k = max(t.numel(), 1) * (x.shape[0] if x.dim() == 1 else x.shape[1] if name == "ce" else 1)
+    assert_close(l1, l0.detach(), dtype, k=k, equal_nan=equal_nan)
+    assert l1.is_contiguous()
+    g = randn(*l0.shape, dtype=dtype, device=x.device) if l0.dim() else torch.tensor(
+        1.7, dtype=dtype, device=x.device)
+    l0.backward(g)
+    l1.backward(g)
+    assert_close(x1.grad, x0.grad, dtype, k=k, equal_nan=equal_nan)
+    return l1
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("weighted", [False, True], ids=["noweight", "weight"])
+@pytest.mark.parametrize("ignore_index", IGNORE, ids=lambda i: f"ii{i}")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_loss_matrix(device, dtype, name, shape, weighted, ignore_index, reduction):
+    x, t, w = make_inputs(shape, dtype, device, ignore_index, weighted)
+    check_loss(name, x, t, w, kwargs_of(reduction, ignore_index), dtype)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("shape", [(6, 4), (3, 4, 5), (4,)], ids=str)
+@pytest.mark.parametrize("weighted", [False, True], ids=["noweight", "weight"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_loss_all_ignored(device, dtype, name, shape, weighted, reduction):
+    """Every target is ignore_index: mean is 0/0 = NaN natively; sum is 0; none is 0s."""
+    x, t, w = make_inputs(shape, dtype, device, weighted=weighted)
+    t = torch.full_like(t, 3)
+    kwargs = dict(reduction=reduction, ignore_index=3)
+    if len(shape) == 1 and device == "cuda":
+        # Native CUDA returns 0 rather than NaN for the mean over a (C)-shaped input whose
+        # target is ignored; native CPU returns 0/0 = NaN, as both do for batched inputs.
+        # fastnn returns NaN on every device, so the reference is native on the CPU.
+        ref = LOSSES[name][0](x.cpu().float(), t.cpu(), None if w is None else w.cpu().float(),
+                              **kwargs)
+        out = LOSSES[name][1](x, t, w, **kwargs)
+        torch.testing.assert_close(out.cpu().float(), ref, equal_nan=True)
+    else:
+        check_loss(name, x, t, w, kwargs, dtype, equal_nan=True)
+    out = LOSSES[name][1](x, t, w, **kwargs)
+    if reduction == "mean":
+        assert torch.isnan(out)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("shape", [(0, 5), (0, 5, 3), (2, 5, 0), (0, 0)], ids=str)
+@pytest.mark.parametrize("weighted", [False, True], ids=["noweight", "weight"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_loss_empty_batch(device, dtype, name, shape, weighted, reduction):
+    x, t, w = make_inputs(shape, dtype, device, weighted=weighted)
+    l1 = check_loss(name, x, t, w, dict(reduction=reduction), dtype, equal_nan=True)
+    if reduction == "none":
+        assert l1.shape == t.shape
+    else:
+        assert l1.shape == ()
+
+
+@pytest.mark.dtypes(torch.float32, torch.float64)
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("layout", ["transposed", "strided", "sliced"])
+def test_loss_noncontiguous(device, dtype, name, reduction, layout):
+    x, t, w = make_inputs((9, 6), dtype, device, ignore_index=1, weighted=True)
+    x = make_layout(x, layout)
+    t = make_layout(t, "strided")
+    w = make_layout(w, "strided")
+    check_loss(name, x, t, w, dict(reduction=reduction, ignore_index=1), dtype)
+    # spatial input with the class dim last in memory (channels-last-like)
+    t3 = torch.randint(0, 4, (3, 5), device=device).t().contiguous().t()
+    x3 = randn(3, 4, 5, dtype=dtype, device=device).permute(0, 2, 1).contiguous().permute(0, 2, 1)
+    check_loss(name, x3, t3, None, dict(reduction=reduction), dtype)
+
+
+@pytest.mark.dtypes(torch.float32, torch.float64)
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_loss_large_batch(device, dtype, name, reduction):
+    """Big enough for multi-threaded / multi-block reductions."""
+    x, t, w = make_inputs((5000, 10), dtype, device, ignore_index=0, weighted=True, ignore_frac=0.1)
+    check_loss(name, x, t, w, dict(reduction=reduction, ignore_index=0), dtype)
+    x, t, w = make_inputs((16, 7, 33, 17), dtype, device, weighted=False)
+    check_loss(name, x, t, w, dict(reduction=reduction), dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_large_logits(device, dtype, reduction):
+    scale = 5e3 if dtype == torch.float16 else 1e4
+    x = randn(32, 50, dtype=dtype, device=device) * scale
+    t = torch.randint(0, 50, (32,), device=device)
+    l0 = F.cross_entropy(x, t, reduction=reduction)
+    l1 = FF.cross_entropy(x, t, reduction=reduction)
+    # Finite wherever native is (a float16 sum of 32 losses of ~1e4 overflows in both).
+    assert torch.equal(torch.isfinite(l1), torch.isfinite(l0))
+    # losses are O(scale): errors are relative to |x|
+    atol = 8 * torch.finfo(dtype).eps * x.abs().max().item() * (32 if reduction == "sum" else 1)
+    torch.testing.assert_close(l1, l0, rtol=1e-4 if dtype != torch.bfloat16 else 4e-2, atol=atol)
+    x0, x1 = leaf(x), leaf(x)
+    F.cross_entropy(x0, t, reduction=reduction).sum().backward()
+    FF.cross_entropy(x1, t, reduction=reduction).sum().backward()
+    assert torch.isfinite(x1.grad).all()
+    assert_close(x1.grad, x0.grad, dtype, k=50)
+
+
+@pytest.mark.dtypes(torch.float32, torch.float64)
+def test_cross_entropy_neg_inf_logits(device, dtype):
+    """-inf logits off the target are fine natively (probability 0): same here."""
+    x = randn(4, 6, dtype=dtype, device=device)
+    x[:, 0] = float("-inf")
+    x[2, 3:] = float("-inf")
+    t = torch.tensor([1, 2, 1, 5], device=device)
+    check_loss("ce", x, t, None, dict(reduction="none"), dtype)
+    check_loss("ce", x, t, None, dict(reduction="mean"), dtype)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_loss_legacy_args(device, name):
+    x, t, _ = make_inputs((6, 4), torch.float32, device)
+    native, fast = LOSSES[name]
+    with pytest.warns(UserWarning):
+        expected = native(x, t, size_average=False)
+    with pytest.warns(UserWarning):
+        out = fast(x, t, size_average=False)
+    assert_close(out, expected, torch.float32, k=6)
+    with pytest.warns(UserWarning):
+        expected = native(x, t, reduce=False)
+    with pytest.warns(UserWarning):
+        out = fast(x, t, reduce=False)
+    assert_close(out, expected, torch.float32, k=4)
+
+
+def test_bad_reduction_string(device):
+    x, t, _ = make_inputs((6, 4), torch.float32, device)
+    for fn in (FF.nll_loss, FF.cross_entropy):
+        with pytest.raises(ValueError, match="reduction must be"):
+            fn(x, t, reduction="avg")
+
+
+def test_loss_no_grad(device, dtype):
+    x, t, w = make_inputs((6, 4), dtype, device, ignore_index=1, weighted=True)
+    for name, (native, fast) in LOSSES.items():
+        with torch.no_grad():
+            out = fast(x.requires_grad_(), t, w, ignore_index=1)
+        assert not out.requires_grad
+        assert_close(out, native(x.detach(), t, w, ignore_index=1), dtype, k=24)
+        x = x.detach()
+
+
+# ----------------------------------------------------------------------------- modules
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["noweight", "weight"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("cls", ["NLLLoss", "CrossEntropyLoss"])
+def test_loss_modules(device, dtype, cls, weighted, reduction):
+    C = 6
+    w = torch.rand(C, dtype=torch.float64) + 0.5 if weighted else None
+    native = getattr(nn, cls)(weight=w, ignore_index=2, reduction=reduction)
+    fast = getattr(fastnn, cls)(weight=None if w is None else w.clone(), ignore_index=2,
+                                reduction=reduction)
+    assert repr(fast) == repr(native)
+    assert fast.state_dict().keys() == native.state_dict().keys()
+    native.to(device=device, dtype=dtype)
+    fast.to(device=device, dtype=dtype)
+    x, t, _ = make_inputs((10, C, 3), dtype, device, ignore_index=2)
+    x0, x1 = leaf(x), leaf(x)
+    l0, l1 = native(x0, t), fast(x1, t)
+    assert_close(l1, l0.detach(), dtype, k=30 * C)
+    (l0 * 1.3).sum().backward()
+    (l1 * 1.3).sum().backward()
+    assert_close(x1.grad, x0.grad, dtype, k=30 * C)
+
+
+def test_nll_after_log_softmax_matches_cross_entropy(device, dtype):
+    x, t, w = make_inputs((12, 9), dtype, device, ignore_index=4, weighted=True)
+    a = FF.nll_loss(FF.log_softmax(x, 1), t, w, ignore_index=4)
+    b = FF.cross_entropy(x, t, w, ignore_index=4)
+    assert_close(a, b, dtype, k=108)
+
+
+# ----------------------------------------------------------------------------- unsupported
+
+def test_cross_entropy_label_smoothing_not_implemented(device):
+    x, t, _ = make_inputs((4, 5), torch.float32, device)
+    with pytest.raises(NotImplementedError, match="label_smoothing"):
+        FF.cross_entropy(x, t, label_smoothing=0.1)
+    with pytest.raises(NotImplementedError, match="label_smoothing"):
+        fastnn.CrossEntropyLoss(label_smoothing=0.2)(x, t)
+
+
+def test_cross_entropy_probability_targets_not_implemented(device):
+    x = randn(4, 5, device=device)
+    p = torch.softmax(randn(4, 5, device=device), 1)
+    with pytest.raises(NotImplementedError, match="probability targets"):
+        FF.cross_entropy(x, p)
+    with pytest.raises(NotImplementedError, match="torch.nn.functional.cross_entropy"):
+        fastnn.CrossEntropyLoss()(x, p)

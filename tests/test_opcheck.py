@@ -1,0 +1,96 @@
+"""torch.library.opcheck for every registered fastnn op, with a few sample inputs each.
+
+opcheck runs the op for real and checks: the schema (mutation / aliasing annotations),
+the autograd registration, the fake (meta) kernel against the real outputs (shapes,
+strides, dtypes: every output must be dense) and AOT dispatch with dynamic shapes."""
+import pytest
+import torch
+
+import fastnn  # noqa: F401  (loads the ops)
+from support import randn
+
+ops = torch.ops.fastnn
+# opcheck backpropagates through the raw ops (fastnn's autograd lives in Python Functions,
+# not on the ops' Autograd key), which makes torch warn; that is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:.*an autograd kernel was not registered")
+NONE, MEAN, SUM = 0, 1, 2
+
+ALL_OPS = ["linear_forward", "linear_backward", "relu_forward", "relu_forward_", "relu_backward",
+           "log_softmax_forward", "log_softmax_backward", "nll_loss_forward", "nll_loss_backward",
+           "cross_entropy_forward", "cross_entropy_backward"]
+
+
+def rg(t):
+    return t.requires_grad_()
+
+
+def samples(name, device):
+    """(args) tuples for op `name` on `device` (float32 and float64, dense and strided)."""
+    out = []
+    for dtype in (torch.float32, torch.float64):
+        r = lambda *s, scale=1.0: randn(*s, dtype=dtype, device=device, scale=scale)  # noqa: E731
+        if name == "linear_forward":
+            out += [(rg(r(5, 7)), rg(r(3, 7)), rg(r(3))),
+                    (rg(r(2, 4, 7)), rg(r(3, 7)), None),
+                    (rg(r(7)), rg(r(3, 7)), rg(r(3))),
+                    (rg(r(7, 5).t()), rg(r(7, 3).t()), rg(r(6)[::2])),
+                    (rg(r(0, 7)), rg(r(3, 7)), rg(r(3)))]
+        elif name == "linear_backward":
+            for mask in ([True, True, True], [True, False, False], [False, True, False],
+                         [False, False, True], [False, True, True], [True, True, False]):
+                out.append((rg(r(5, 3)), rg(r(5, 7)), rg(r(3, 7)), mask))
+            out += [(rg(r(2, 4, 3)), rg(r(2, 4, 7)), rg(r(3, 7)), [True, True, True]),
+                    (rg(r(3, 5).t()), rg(r(7, 5).t()), rg(r(7, 3).t()), [True, True, True]),
+                    (rg(r(0, 3)), rg(r(0, 7)), rg(r(3, 7)), [True, True, True])]
+        elif name == "relu_forward":
+            out += [(rg(r(4, 9)),), (rg(r(9, 4).t()),), (rg(r(0, 3)),), (rg(r(100)),)]
+        elif name == "relu_forward_":
+            out += [(rg(r(4, 9)) * 1,), (rg(r(9, 4)).t() * 1,), (r(33),), (r(8, 6)[:, ::2],)]
+        elif name == "relu_backward":
+            y = torch.relu(r(4, 9))
+            out += [(rg(r(4, 9)), y), (rg(r(9, 4).t()), y), (rg(r(0, 2)), r(0, 2).relu())]
+        elif name == "log_softmax_forward":
+            out += [(rg(r(4, 9)), 1), (rg(r(4, 9)), 0), (rg(r(2, 3, 4)), -1), (rg(r(2, 3, 4)), 1),
+                    (rg(r(9, 4).t()), 1), (rg(r(5)), 0), (rg(r(0, 4)), 1)]
+        elif name == "log_softmax_backward":
+            for shape, dim in (((4, 9), 1), ((4, 9), 0), ((2, 3, 4), 1), ((5,), -1)):
+                y = torch.log_softmax(r(*shape), dim)
+                out.append((rg(r(*shape)), y, dim))
+        elif name in ("nll_loss_forward", "cross_entropy_forward", "nll_loss_backward",
+                      "cross_entropy_backward"):
+            cases = [((6, 5), None, MEAN, -100), ((6, 5), r(5).abs() + 0.5, MEAN, 2),
+                     ((6, 5), r(5).abs() + 0.5, NONE, 1), ((6, 5), None, SUM, -100),
+                     ((5,), None, MEAN, -100), ((3, 5, 4), r(5).abs() + 0.5, MEAN, 0),
+                     ((2, 5, 3, 2), None, NONE, -100), ((0, 5), None, SUM, -100)]
+            for shape, w, red, ii in cases:
+                C = shape[0] if len(shape) == 1 else shape[1]
+                tshape = () if len(shape) == 1 else (shape[0],) + shape[2:]
+                t = torch.randint(0, C, tshape, device=device)
+                x = r(*shape)
+                fwd = getattr(ops, name.replace("backward", "forward"))
+                res = fwd(x, t, w, red, ii)
+                if name.endswith("forward"):
+                    out.append((rg(x), t, w, red, ii))
+                    continue
+                g = rg(r(*res[0].shape))
+                if name == "nll_loss_backward":
+                    out.append((g, rg(x), t, w, red, ii, res[1]))
+                else:
+                    out.append((g, rg(x), t, w, red, ii, res[1], res[2]))
+        else:
+            raise AssertionError(name)
+    return out
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_opcheck(device, name):
+    op = getattr(ops, name).default
+    for args in samples(name, device):
+        torch.library.opcheck(op, args)
+
+
+def test_every_op_is_covered():
+    """Every schema in the fastnn namespace has samples here."""
+    registered = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
+                  if n.startswith("fastnn::")}
+    assert registered == set(ALL_OPS)
