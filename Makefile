@@ -16,8 +16,13 @@ $(VENV)/.installed: requirements.txt
 	$(VPY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+# The build log goes to build/fastnn-build.log; a failed build prints its end and stops make.
 build: $(VENV)/.installed
-	MAX_JOBS=$(JOBS) $(VPY) -m pip install --no-build-isolation --no-deps -e . 2>&1 | tail -n 3
+	@mkdir -p build; start=$$(date +%s); \
+	if MAX_JOBS=$(JOBS) $(VPY) -m pip install --no-build-isolation --no-deps -e . \
+	     > build/fastnn-build.log 2>&1; then \
+	  echo "fastnn built in $$(( $$(date +%s) - start )) s (log: build/fastnn-build.log)"; \
+	else tail -n 40 build/fastnn-build.log; echo "fastnn build failed (log: build/fastnn-build.log)"; exit 1; fi
 
 demo: build
 	FASTNN_DATA=$${FASTNN_DATA:-$(DATA)} $(VPY) -m fastnn.train $(ARGS)

@@ -298,7 +298,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit-test", type=int, default=None, metavar="N",
                    help="use only the first N test samples")
     p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no tqdm progress bars")
+                   help="no tqdm progress bars (they are on by default)")
     args = p.parse_args(argv)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -132,24 +132,9 @@ at::Tensor nll_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor
                                  int64_t reduction, int64_t ignore_index,
                                  const at::Tensor& total_weight) {
   constexpr const char* op = "nll_loss_backward";
-  const LossShape sh = check_loss_inputs(op, input, target, weight, reduction);
-  check_floating(op, "grad_output", grad_output);
-  check_same_dtype(op, "grad_output", grad_output, "input", input);
-  check_same_device(op, "grad_output", grad_output, "input", input);
-  check_floating(op, "total_weight", total_weight);
-  check_same_dtype(op, "total_weight", total_weight, "input", input);
-  check_same_device(op, "total_weight", total_weight, "input", input);
-  TORCH_CHECK(total_weight.numel() == 1, "fastnn::", op,
-              ": `total_weight` must be a single value (the forward's total_weight), got shape ",
-              total_weight.sizes(), ".");
+  const LossShape sh = check_loss_backward_inputs(op, grad_output, input, target, weight, reduction,
+                                                  total_weight);
   const bool none = reduction == at::Reduction::None;
-  if (none) {
-    check_same_shape(op, "grad_output", grad_output, "target", target);
-  } else {
-    TORCH_CHECK(grad_output.numel() == 1, "fastnn::", op,
-                ": for reduction 'mean' or 'sum' `grad_output` must be a single value, got shape ",
-                grad_output.sizes(), ".");
-  }
   const bool has_w = weight.has_value() && weight->defined();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> go = grad_output.expect_contiguous();

@@ -487,30 +487,11 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_output, const at::
                                        int64_t ignore_index, const at::Tensor& lse,
                                        const at::Tensor& total_weight) {
   constexpr const char* op = "cross_entropy_backward";
-  const LossShape sh = check_loss_inputs(op, input, target, weight, reduction);
-  check_floating(op, "grad_output", grad_output);
-  check_same_dtype(op, "grad_output", grad_output, "input", input);
-  check_same_device(op, "grad_output", grad_output, "input", input);
-  check_floating(op, "total_weight", total_weight);
-  check_same_dtype(op, "total_weight", total_weight, "input", input);
-  check_same_device(op, "total_weight", total_weight, "input", input);
-  TORCH_CHECK(total_weight.numel() == 1, "fastnn::", op,
-              ": `total_weight` must hold one value (the 0-dim tensor returned by "
-              "cross_entropy_forward), got shape ", total_weight.sizes(), ".");
+  const LossShape sh = check_loss_backward_inputs(op, grad_output, input, target, weight, reduction,
+                                                  total_weight);
   check_floating(op, "lse", lse);
   check_same_device(op, "lse", lse, "input", input);
-  TORCH_CHECK(lse.sizes() == target.sizes(), "fastnn::", op, ": `lse` must have the target's shape ",
-              target.sizes(), " (as returned by cross_entropy_forward), got ", lse.sizes(), ".");
-  const bool none = reduction == at::Reduction::None;
-  if (none) {
-    TORCH_CHECK(grad_output.sizes() == target.sizes(), "fastnn::", op,
-                ": with reduction='none' `grad_output` must have the target's shape ",
-                target.sizes(), ", got ", grad_output.sizes(), ".");
-  } else {
-    TORCH_CHECK(grad_output.numel() == 1, "fastnn::", op,
-                ": with reduction='mean' or 'sum' `grad_output` must hold one value, got shape ",
-                grad_output.sizes(), ".");
-  }
+  check_same_shape(op, "lse", lse, "target", target);
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();

@@ -62,6 +62,33 @@ inline LossShape check_loss_inputs(const char* op, const at::Tensor& input,
   return s;
 }
 
+// Validates the arguments every loss backward shares (on top of check_loss_inputs):
+// grad_output (the target's shape for reduction='none', one value otherwise) and the
+// forward's 0-dim total_weight, both of the input's dtype and device.
+inline LossShape check_loss_backward_inputs(const char* op, const at::Tensor& grad_output,
+                                            const at::Tensor& input, const at::Tensor& target,
+                                            const c10::optional<at::Tensor>& weight,
+                                            int64_t reduction, const at::Tensor& total_weight) {
+  const LossShape s = check_loss_inputs(op, input, target, weight, reduction);
+  check_floating(op, "grad_output", grad_output);
+  check_same_dtype(op, "grad_output", grad_output, "input", input);
+  check_same_device(op, "grad_output", grad_output, "input", input);
+  check_floating(op, "total_weight", total_weight);
+  check_same_dtype(op, "total_weight", total_weight, "input", input);
+  check_same_device(op, "total_weight", total_weight, "input", input);
+  TORCH_CHECK(total_weight.numel() == 1, "fastnn::", op,
+              ": `total_weight` must hold one value (the 0-dim tensor the forward returned), "
+              "got shape ", total_weight.sizes(), ".");
+  if (reduction == at::Reduction::None) {
+    check_same_shape(op, "grad_output", grad_output, "target", target);
+  } else {
+    TORCH_CHECK(grad_output.numel() == 1, "fastnn::", op,
+                ": with reduction='mean' or 'sum' `grad_output` must hold one value, got shape ",
+                grad_output.sizes(), ".");
+  }
+  return s;
+}
+
 // Shape of the per-sample loss for reduction='none' (the target's shape).
 inline std::vector<int64_t> unreduced_shape(const at::Tensor& target) {
   return target.sizes().vec();
