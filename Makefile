@@ -16,13 +16,19 @@ $(VENV)/.installed: requirements.txt
 	$(VPY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# The build log goes to build/fastnn-build.log; a failed build prints its end and stops make.
-build: $(VENV)/.installed
+SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
+
+build: build/.built
+
+# Rebuilt only when a source changed. The log goes to build/fastnn-build.log; a failed
+# build prints its end and stops make.
+build/.built: $(VENV)/.installed $(SOURCES)
 	@mkdir -p build; start=$$(date +%s); \
 	if MAX_JOBS=$(JOBS) $(VPY) -m pip install --no-build-isolation --no-deps -e . \
 	     > build/fastnn-build.log 2>&1; then \
 	  echo "fastnn built in $$(( $$(date +%s) - start )) s (log: build/fastnn-build.log)"; \
 	else tail -n 40 build/fastnn-build.log; echo "fastnn build failed (log: build/fastnn-build.log)"; exit 1; fi
+	touch $@
 
 demo: build
 	FASTNN_DATA=$${FASTNN_DATA:-$(DATA)} $(VPY) -m fastnn.train $(ARGS)

@@ -44,7 +44,8 @@ TORCH_LIBRARY(fastnn, m) {
       "linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask)"
       " -> (Tensor?, Tensor?, Tensor?)");
 
-  // ReLU: y = max(x, 0), NaN propagates. Backward: dx = dy * (y > 0).
+  // ReLU: y = max(x, 0), NaN propagates. Backward as native threshold_backward:
+  // dx = (y <= 0) ? 0 : dy (so the gradient passes where y is NaN).
   m.def("relu_forward(Tensor input) -> Tensor");
   m.def("relu_forward_(Tensor(a!) input) -> ()");
   m.def("relu_backward(Tensor grad_output, Tensor output) -> Tensor");

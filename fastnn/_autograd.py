@@ -33,7 +33,7 @@ class LinearFunction(torch.autograd.Function):
 
 
 class ReLUFunction(torch.autograd.Function):
-    """y = max(x, 0).  dx = dy * (y > 0), from the saved output."""
+    """y = max(x, 0).  dx = (y <= 0) ? 0 : dy (native threshold_backward), from the saved output."""
 
     @staticmethod
     def forward(ctx, input):
