@@ -31,7 +31,6 @@
 //     .contiguous() copies for already dense inputs, to keep per-call overhead low.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/EmptyTensor.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -40,6 +39,7 @@
 #include <vector>
 
 #include "fastnn/checks.h"
+#include "fastnn/cpu_common.h"
 #include "fastnn/cpu_features.h"
 #include "fastnn/cpu_vec.h"
 #include "fastnn/dispatch.h"
@@ -48,27 +48,9 @@
 namespace fastnn {
 namespace {
 
-// Dense output of `like`'s dtype on the CPU. Same allocation as at::empty, without
-// the dispatcher round trip (matters for the tiny per-call-overhead-bound sizes).
-inline at::Tensor dense_empty(at::IntArrayRef sizes, const at::Tensor& like) {
-  return at::Tensor(at::detail::empty_cpu(sizes, like.scalar_type()));
-}
-
 constexpr int64_t kChunkElems = 16384;  // logits per reduction chunk / parallel task
 constexpr int64_t kChunksPerTask = 2;   // parallel grain, in chunks
 constexpr int64_t kSmallC = 32;         // rows-as-lanes forward up to this many classes
-
-struct Partial {
-  double loss = 0, weight = 0;
-};
-
-[[noreturn]] C10_NOINLINE void throw_bad_target(const char* op, int64_t t, int64_t C,
-                                                int64_t ignore_index) {
-  TORCH_CHECK_INDEX(false, "fastnn::", op, ": Target ", t,
-                    " is out of bounds: class indices must be in [0, ", C - 1,
-                    "] (C = ", C, ") or equal ignore_index (", ignore_index, ").");
-  std::abort();  // unreachable
-}
 
 struct Args {
   int64_t C, S, ignore_index;
@@ -76,7 +58,7 @@ struct Args {
 
 // Accumulates position p's loss given its m and ls; writes the none-reduction entry.
 template <typename T>
-inline void add_loss(Partial& acc, const T* x_ns /* x at (n, 0, s) */, const int64_t* tgt,
+inline void add_loss(LossPartial& acc, const T* x_ns /* x at (n, 0, s) */, const int64_t* tgt,
                      const T* w, T* out_none, int64_t p, T m, T ls, const Args& a) {
   const int64_t t = tgt[p];
   if (t == a.ignore_index) {
@@ -93,9 +75,9 @@ inline void add_loss(Partial& acc, const T* x_ns /* x at (n, 0, s) */, const int
 
 // ---------------------------------------------------------------- forward, scalar
 template <typename T>
-Partial forward_scalar(const T* x, const int64_t* tgt, const T* w, T* out_none, T* lse,
+LossPartial forward_scalar(const T* x, const int64_t* tgt, const T* w, T* out_none, T* lse,
                        int64_t p0, int64_t p1, const Args& a) {
-  Partial acc;
+  LossPartial acc;
   const int64_t C = a.C, S = a.S;
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n = p / S, s = p - n * S;
@@ -114,13 +96,13 @@ Partial forward_scalar(const T* x, const int64_t* tgt, const T* w, T* out_none, 
 #if FASTNN_HAVE_X86
 // ---------------------------------------------------------------- forward, AVX2
 template <class A>
-FASTNN_TARGET_AVX2 Partial forward_avx2(const typename A::T* x, const int64_t* tgt,
+FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_t* tgt,
                                         const typename A::T* w, typename A::T* out_none,
                                         typename A::T* lse, int64_t p0, int64_t p1,
                                         const Args& a) {
   using T = typename A::T;
   using V = typename A::V;
-  Partial acc;
+  LossPartial acc;
   const int64_t C = a.C, S = a.S;
   alignas(32) T mv[A::W], lv[A::W];
   if (S == 1) {
@@ -188,7 +170,7 @@ FASTNN_TARGET_AVX2 Partial forward_avx2(const typename A::T* x, const int64_t* t
 #endif
 
 template <typename T>
-Partial forward_range(const T* x, const int64_t* tgt, const T* w, T* out_none, T* lse,
+LossPartial forward_range(const T* x, const int64_t* tgt, const T* w, T* out_none, T* lse,
                       int64_t p0, int64_t p1, const Args& a) {
 #if FASTNN_HAVE_X86
   if (cpu_has_avx2_fma())
@@ -362,16 +344,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
     scalar_t* pl = lse.data_ptr<scalar_t>();
     const int64_t chunk = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(sh.C, 1));
     const int64_t nchunks = (P + chunk - 1) / chunk;
-    Partial tot;
+    LossPartial tot;
     if (nchunks <= 1) {
       tot = forward_range(px, pt, pw, pout, pl, 0, P, a);
     } else {
-      std::vector<Partial> parts(nchunks);
+      std::vector<LossPartial> parts(nchunks);
       at::parallel_for(0, nchunks, kChunksPerTask, [&](int64_t b, int64_t e) {
         for (int64_t c = b; c < e; ++c)
           parts[c] = forward_range(px, pt, pw, pout, pl, c * chunk, std::min(P, (c + 1) * chunk), a);
       });
-      for (const Partial& q : parts) {  // fixed order: independent of the thread count
+      for (const LossPartial& q : parts) {  // fixed order: independent of the thread count
         tot.loss += q.loss;
         tot.weight += q.weight;
       }

@@ -27,7 +27,6 @@
 // in float lanes (like torch), the scalar path in double; double stays double end to end.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/EmptyTensor.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -35,18 +34,13 @@
 #include <limits>
 
 #include "fastnn/checks.h"
+#include "fastnn/cpu_common.h"
 #include "fastnn/cpu_features.h"
 #include "fastnn/cpu_vec.h"
 #include "fastnn/dispatch.h"
 
 namespace fastnn {
 namespace {
-
-// Dense output of `like`'s dtype on the CPU. Same allocation as at::empty, without
-// the dispatcher round trip (matters for the tiny per-call-overhead-bound sizes).
-inline at::Tensor dense_empty(at::IntArrayRef sizes, const at::Tensor& like) {
-  return at::Tensor(at::detail::empty_cpu(sizes, like.scalar_type()));
-}
 
 constexpr int64_t kGrainElems = 16384;  // ~elements of work per parallel task
 constexpr int64_t kColBlock = 128;      // inner columns per task when dim is not the last

@@ -22,7 +22,6 @@
 // no parallel machinery (this is the common small-batch case).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/EmptyTensor.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -30,38 +29,21 @@
 #include <vector>
 
 #include "fastnn/checks.h"
+#include "fastnn/cpu_common.h"
 #include "fastnn/dispatch.h"
 #include "fastnn/loss_shapes.h"
 
 namespace fastnn {
 namespace {
 
-// Dense output of `like`'s dtype on the CPU. Same allocation as at::empty, without
-// the dispatcher round trip (matters for the tiny per-call-overhead-bound sizes).
-inline at::Tensor dense_empty(at::IntArrayRef sizes, const at::Tensor& like) {
-  return at::Tensor(at::detail::empty_cpu(sizes, like.scalar_type()));
-}
-
 constexpr int64_t kChunk = 4096;       // positions per reduction chunk
 constexpr int64_t kChunksPerTask = 8;  // parallel grain, in chunks
 
-struct Partial {
-  double loss = 0, weight = 0;
-};
-
-[[noreturn]] C10_NOINLINE void throw_bad_target(const char* op, int64_t t, int64_t C,
-                                                int64_t ignore_index) {
-  TORCH_CHECK_INDEX(false, "fastnn::", op, ": Target ", t,
-                    " is out of bounds: class indices must be in [0, ", C - 1,
-                    "] (C = ", C, ") or equal ignore_index (", ignore_index, ").");
-  std::abort();  // unreachable
-}
-
 // Forward over positions [p0, p1). out_none (reduction none) gets the per-position loss.
 template <typename T>
-Partial forward_chunk(const T* x, const int64_t* tgt, const T* w, T* out_none, int64_t p0,
+LossPartial forward_chunk(const T* x, const int64_t* tgt, const T* w, T* out_none, int64_t p0,
                       int64_t p1, int64_t C, int64_t S, int64_t ignore_index) {
-  Partial acc;
+  LossPartial acc;
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t t = tgt[p];
     if (t == ignore_index) {
@@ -103,17 +85,17 @@ std::tuple<at::Tensor, at::Tensor> nll_loss_forward_cpu(const at::Tensor& input,
     const scalar_t* pw = has_w ? w->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* pout = none ? loss.data_ptr<scalar_t>() : nullptr;
     const int64_t nchunks = (P + kChunk - 1) / kChunk;
-    Partial tot;
+    LossPartial tot;
     if (nchunks <= 1) {
       tot = forward_chunk(px, pt, pw, pout, 0, P, sh.C, sh.S, ignore_index);
     } else {
-      std::vector<Partial> parts(nchunks);
+      std::vector<LossPartial> parts(nchunks);
       at::parallel_for(0, nchunks, kChunksPerTask, [&](int64_t b, int64_t e) {
         for (int64_t c = b; c < e; ++c)
           parts[c] = forward_chunk(px, pt, pw, pout, c * kChunk, std::min(P, (c + 1) * kChunk),
                                    sh.C, sh.S, ignore_index);
       });
-      for (const Partial& q : parts) {  // fixed order: independent of the thread count
+      for (const LossPartial& q : parts) {  // fixed order: independent of the thread count
         tot.loss += q.loss;
         tot.weight += q.weight;
       }
