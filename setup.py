@@ -98,7 +98,8 @@ opt = ["-O0", "-g"] if debug else ["-O3"]
 defines = [f'-DFASTNN_TORCH_VERSION="{torch.__version__}"']
 include_dirs = [os.path.join(ROOT, "csrc", "include")]
 
-sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "autograd", "*.cpp"))
+                 + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 extra = {"cxx": opt + defines + ["-fopenmp", "-fvisibility=hidden"]}
 Extension = CppExtension
 if cuda_home:

@@ -83,7 +83,15 @@ def graph_step(impl: str, device, init_state, x, y) -> Callable[[], None]:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         body()
-    return graph.replay
+
+    # A graph holds raw addresses, not references: the parameters, gradients, optimizer
+    # state and batch it reads and writes must outlive it. `step` keeps them (returning
+    # bare graph.replay let them be freed, so replays touched memory the allocator had
+    # handed to other variants: an illegal access at batch 8192 when variants interleave).
+    def step():
+        graph.replay()
+    step.keepalive = (model, opt, x, y)
+    return step
 
 
 def variants(device: str, compile_cpu: bool) -> Dict[str, Callable]:

@@ -1,8 +1,10 @@
 // fastnn operator registry: the one place where every fastnn:: schema is declared.
 //
 // Kernels live in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu and only add
-// implementations with TORCH_LIBRARY_IMPL(fastnn, CPU|CUDA, m). Python wrappers,
-// fake (meta) kernels and autograd live in fastnn/_ops.py and fastnn/_autograd.py.
+// implementations with TORCH_LIBRARY_IMPL(fastnn, CPU|CUDA, m). The forward ops are
+// differentiable: csrc/autograd/<op>.cpp registers their Autograd-key kernels, which
+// pair each *_forward op with its *_backward op. Python wrappers and fake (meta)
+// kernels live in fastnn/_ops.py.
 //
 // Conventions
 //   * Forward and backward are separate, functional ops (no hidden mutation);

@@ -7,9 +7,10 @@
     cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0)
 
+Each function calls one fastnn op. The ops are differentiable: their autograd is
+registered in C++ (csrc/autograd/), so the graph costs what a native op's does.
 Autocast (CUDA) is honoured as native does it: linear runs in the autocast dtype,
-log_softmax, nll_loss and cross_entropy in float32. Without autograd (no_grad, or no
-input requiring grad) the forward op is called directly, skipping the Function.
+log_softmax, nll_loss and cross_entropy in float32.
 """
 import warnings
 from typing import Optional
@@ -19,8 +20,6 @@ from torch import Tensor
 from torch.nn import _reduction
 
 from . import _C, _ops
-from ._autograd import (CrossEntropyFunction, LinearFunction, LogSoftmaxFunction,
-                        NLLLossFunction, ReLUFunction, ReLUInplaceFunction)
 
 __all__ = ["linear", "relu", "log_softmax", "nll_loss", "cross_entropy"]
 
@@ -30,6 +29,8 @@ _C_WITH_CUDA = bool(_C.WITH_CUDA)
 
 
 def _check_device(op: str, t: Tensor) -> None:
+    if t.is_cpu:  # the common case first: is_cpu is cheaper than t.device
+        return
     kind = t.device.type
     if kind not in _DEVICES:
         raise RuntimeError(f"fastnn.{op}: tensors on {kind} are not supported; fastnn has kernels "
@@ -40,13 +41,9 @@ def _check_device(op: str, t: Tensor) -> None:
                            f"--no-build-isolation -e .), or use CPU tensors.")
 
 
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
     """The lower-precision dtype autocast asks for on t's device, or None if autocast is off."""
-    if t.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+    if t.is_cuda and torch.is_autocast_enabled("cuda"):
         return torch.get_autocast_dtype("cuda")
     return None
 
@@ -63,19 +60,13 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
     dtype = _autocast_dtype(input)
     if dtype is not None:
         input, weight, bias = _cast(input, dtype), _cast(weight, dtype), _cast(bias, dtype)
-    if _needs_grad(input, weight, bias):
-        return LinearFunction.apply(input, weight, bias)
     return _ops.linear_forward(input, weight, bias)
 
 
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
     _check_device("relu", input)
     if inplace:
-        if _needs_grad(input):
-            return ReLUInplaceFunction.apply(input)
         return _ops.relu_forward_(input)
-    if _needs_grad(input):
-        return ReLUFunction.apply(input)
     return _ops.relu_forward(input)
 
 
@@ -94,8 +85,6 @@ def log_softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3,
         input = input.to(dtype)
     elif _autocast_dtype(input) is not None:
         input = _cast(input, torch.float32)
-    if _needs_grad(input):
-        return LogSoftmaxFunction.apply(input, dim)
     return _ops.log_softmax_forward(input, dim)
 
 
@@ -116,8 +105,6 @@ def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, siz
              ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
     red = _reduction_of(size_average, reduce, reduction)
     input, weight = _loss_inputs("nll_loss", input, weight)
-    if _needs_grad(input):  # like native, no gradient flows to `weight`
-        return NLLLossFunction.apply(input, target, weight, red, ignore_index)
     return _ops.nll_loss_forward(input, target, weight, red, ignore_index)[0]
 
 
@@ -130,7 +117,5 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
             "probability targets or label_smoothing > 0 use torch.nn.functional.cross_entropy.")
     red = _reduction_of(size_average, reduce, reduction)
     input, weight = _loss_inputs("cross_entropy", input, weight)
-    if _needs_grad(input):
-        return CrossEntropyFunction.apply(input, target, weight, red, ignore_index)
     return _ops.cross_entropy_forward(input, target, weight, red, ignore_index)[0]
 

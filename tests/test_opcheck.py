@@ -10,8 +10,9 @@ import fastnn  # noqa: F401  (loads the ops)
 from support import randn
 
 ops = torch.ops.fastnn
-# opcheck backpropagates through the raw ops (fastnn's autograd lives in Python Functions,
-# not on the ops' Autograd key), which makes torch warn; that is expected here.
+# The forward ops carry their autograd (csrc/autograd/); the backward ops are not
+# differentiable and have no Autograd kernel, so opcheck's backprop through them makes
+# torch warn; that is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*an autograd kernel was not registered")
 NONE, MEAN, SUM = 0, 1, 2
 

@@ -1,0 +1,81 @@
+// fastnn fused cross-entropy under autograd: the Autograd-key kernel of
+// fastnn::cross_entropy_forward.
+//
+// Forward:  lse_i  = log(sum_c exp(x[i, c]))
+//           loss_i = w[t_i] * (lse_i - x[i, t_i]) (0 where t_i == ignore_index), reduced
+//           x (N, C), (C) or (N, C, d1, ...); also returns lse (shape of t) and
+//           total_weight, neither differentiable.
+// Backward: dx[i, c] = g_i * w[t_i] * (exp(x[i, c] - lse_i) - [c == t_i])
+//           (g / total_weight for 'mean'); one kernel, softmax recomputed from lse.
+//           No gradient flows to the target or to the class weights, as natively.
+// Saved for backward: x, t, w, lse and total_weight (no log-probabilities). The device
+// kernels are in csrc/cpu/cross_entropy.cpp and csrc/cuda/cross_entropy.cu.
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "fastnn/autograd.h"
+#include "fastnn/ops.h"
+
+namespace fastnn {
+namespace {
+
+using autograd::AutogradContext;
+using autograd::variable_list;
+
+struct CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                               int64_t reduction, int64_t ignore_index) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [loss, lse, total_weight] =
+        ops::cross_entropy_forward(input, target, weight, reduction, ignore_index);
+    ctx->save_for_backward({input, target, weight.value_or(at::Tensor()), lse, total_weight});
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["ignore_index"] = ignore_index;
+    ctx->mark_non_differentiable({lse, total_weight});
+    ctx->set_materialize_grads(false);  // no zero tensors for lse's and total_weight's
+    return {loss, lse, total_weight};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(5);  // (input, target, weight, reduction, ignore_index)
+    if (!grads[0].defined()) return out;
+    const auto saved = ctx->get_saved_variables();
+    {
+      at::NoGradGuard no_grad;
+      out[0] = ops::cross_entropy_backward(grads[0], saved[0], saved[1],
+                                           autograd::optional_of(saved[2]),
+                                           ctx->saved_data["reduction"].toInt(),
+                                           ctx->saved_data["ignore_index"].toInt(), saved[3],
+                                           saved[4]);
+    }
+    return autograd::once_differentiable(std::move(out), "cross_entropy");
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_autograd(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t reduction, int64_t ignore_index) {
+  // As natively, the loss is not differentiable in the class weights: refuse a weight
+  // that asks for a gradient rather than silently give it none.
+  TORCH_CHECK(!autograd::needs_graph(weight), "fastnn.cross_entropy: the loss is not differentiable with "
+              "respect to `weight`, so `weight` cannot have requires_grad=True. Pass "
+              "`weight.detach()`, or call it under torch.no_grad().");
+  if (!autograd::needs_graph(input)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops::cross_entropy_forward(input, target, weight, reduction, ignore_index);
+  }
+  auto out = CrossEntropyFunction::apply(input, target, weight, reduction, ignore_index);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastnn, Autograd, m) {
+  m.impl("cross_entropy_forward", &cross_entropy_forward_autograd);
+}
+
+}  // namespace fastnn

@@ -1,0 +1,54 @@
+// fastnn LogSoftmax under autograd: the Autograd-key kernel of
+// fastnn::log_softmax_forward.
+//
+// Forward:  y = x - log(sum(exp(x), dim))        any shape, any dim
+// Backward: dx = dy - exp(y) * sum(dy, dim)      from the saved output y
+// Saved for backward: y and dim. The device kernels are in csrc/cpu/log_softmax.cpp
+// and csrc/cuda/log_softmax.cu.
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include "fastnn/autograd.h"
+#include "fastnn/ops.h"
+
+namespace fastnn {
+namespace {
+
+using autograd::AutogradContext;
+using autograd::variable_list;
+
+struct LogSoftmaxFunction : public torch::autograd::Function<LogSoftmaxFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, int64_t dim) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor output = ops::log_softmax_forward(input, dim);
+    ctx->save_for_backward({output});
+    ctx->saved_data["dim"] = dim;
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(2);  // (input, dim)
+    {
+      at::NoGradGuard no_grad;
+      out[0] = ops::log_softmax_backward(grads[0], ctx->get_saved_variables()[0],
+                                         ctx->saved_data["dim"].toInt());
+    }
+    return autograd::once_differentiable(std::move(out), "log_softmax");
+  }
+};
+
+at::Tensor log_softmax_forward_autograd(const at::Tensor& input, int64_t dim) {
+  if (!autograd::needs_graph(input)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops::log_softmax_forward(input, dim);
+  }
+  return LogSoftmaxFunction::apply(input, dim);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastnn, Autograd, m) {
+  m.impl("log_softmax_forward", &log_softmax_forward_autograd);
+}
+
+}  // namespace fastnn

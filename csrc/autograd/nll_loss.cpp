@@ -1,0 +1,77 @@
+// fastnn NLLLoss under autograd: the Autograd-key kernel of fastnn::nll_loss_forward.
+//
+// Forward:  loss_i = -w[t_i] * x[i, t_i] (0 where t_i == ignore_index), reduced by
+//           `reduction`; x (N, C), (C) or (N, C, d1, ...), t of x's shape without C.
+//           Also returns total_weight = sum of w[t_i] over non-ignored i (no gradient).
+// Backward: dx[i, t_i] = -w[t_i] * g_i (g / total_weight for 'mean'), 0 elsewhere.
+//           No gradient flows to the target or to the class weights, as natively.
+// Saved for backward: x, t, w and total_weight. The device kernels are in
+// csrc/cpu/nll_loss.cpp and csrc/cuda/nll_loss.cu.
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "fastnn/autograd.h"
+#include "fastnn/ops.h"
+
+namespace fastnn {
+namespace {
+
+using autograd::AutogradContext;
+using autograd::variable_list;
+
+struct NLLLossFunction : public torch::autograd::Function<NLLLossFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                               int64_t reduction, int64_t ignore_index) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [loss, total_weight] =
+        ops::nll_loss_forward(input, target, weight, reduction, ignore_index);
+    ctx->save_for_backward({input, target, weight.value_or(at::Tensor()), total_weight});
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["ignore_index"] = ignore_index;
+    ctx->mark_non_differentiable({total_weight});
+    ctx->set_materialize_grads(false);  // no zero tensor for total_weight's gradient
+    return {loss, total_weight};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(5);  // (input, target, weight, reduction, ignore_index)
+    if (!grads[0].defined()) return out;
+    const auto saved = ctx->get_saved_variables();
+    {
+      at::NoGradGuard no_grad;
+      out[0] = ops::nll_loss_backward(grads[0], saved[0], saved[1],
+                                      autograd::optional_of(saved[2]),
+                                      ctx->saved_data["reduction"].toInt(),
+                                      ctx->saved_data["ignore_index"].toInt(), saved[3]);
+    }
+    return autograd::once_differentiable(std::move(out), "nll_loss");
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> nll_loss_forward_autograd(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t reduction, int64_t ignore_index) {
+  // As natively, the loss is not differentiable in the class weights: refuse a weight
+  // that asks for a gradient rather than silently give it none.
+  TORCH_CHECK(!autograd::needs_graph(weight), "fastnn.nll_loss: the loss is not differentiable with "
+              "respect to `weight`, so `weight` cannot have requires_grad=True. Pass "
+              "`weight.detach()`, or call it under torch.no_grad().");
+  if (!autograd::needs_graph(input)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops::nll_loss_forward(input, target, weight, reduction, ignore_index);
+  }
+  auto out = NLLLossFunction::apply(input, target, weight, reduction, ignore_index);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastnn, Autograd, m) {
+  m.impl("nll_loss_forward", &nll_loss_forward_autograd);
+}
+
+}  // namespace fastnn

@@ -1,0 +1,86 @@
+// fastnn ReLU under autograd: the Autograd-key kernels of fastnn::relu_forward and
+// the in-place fastnn::relu_forward_.
+//
+// Forward:  y = max(x, 0)                  any shape; in place: x is overwritten
+// Backward: dx = (y <= 0) ? 0 : dy         as native threshold_backward, from y
+// Saved for backward: the output y only (for the in-place form, the overwritten x),
+// so the input can be freed. The device kernels are in csrc/cpu/relu.cpp and
+// csrc/cuda/relu.cu.
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include "fastnn/autograd.h"
+#include "fastnn/ops.h"
+
+namespace fastnn {
+namespace {
+
+using autograd::AutogradContext;
+using autograd::variable_list;
+
+variable_list relu_grad(AutogradContext* ctx, const variable_list& grads) {
+  variable_list out(1);
+  {
+    at::NoGradGuard no_grad;
+    out[0] = ops::relu_backward(grads[0], ctx->get_saved_variables()[0]);
+  }
+  return autograd::once_differentiable(std::move(out), "relu");
+}
+
+struct ReLUFunction : public torch::autograd::Function<ReLUFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor output = ops::relu_forward(input);
+    ctx->save_for_backward({output});
+    return output;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return relu_grad(ctx, grads);
+  }
+};
+
+struct ReLUInplaceFunction : public torch::autograd::Function<ReLUInplaceFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input) {
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      ops::relu_forward_(input);
+    }
+    ctx->mark_dirty({input});  // also bumps input's version counter
+    ctx->save_for_backward({input});
+    return input;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return relu_grad(ctx, grads);
+  }
+};
+
+at::Tensor relu_forward_autograd(const at::Tensor& input) {
+  if (!autograd::needs_graph(input)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops::relu_forward(input);
+  }
+  return ReLUFunction::apply(input);
+}
+
+void relu_forward_inplace_autograd(const at::Tensor& input) {
+  if (!autograd::needs_graph(input)) {
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      ops::relu_forward_(input);
+    }
+    // An in-place op bumps the version counter, as native relu_ does, so autograd
+    // catches a tensor it saved being overwritten.
+    torch::autograd::impl::bump_version(input);
+    return;
+  }
+  ReLUInplaceFunction::apply(input);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastnn, Autograd, m) {
+  m.impl("relu_forward", &relu_forward_autograd);
+  m.impl("relu_forward_", &relu_forward_inplace_autograd);
+}
+
+}  // namespace fastnn

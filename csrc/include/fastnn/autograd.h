@@ -1,0 +1,64 @@
+// Shared pieces of fastnn's autograd layer (csrc/autograd/*.cpp).
+//
+// Each differentiable fastnn op (the *_forward ops and relu_forward_) has a kernel
+// under the Autograd dispatch key. It runs the op's device kernel below autograd
+// and, when a graph must be recorded, wraps the call in a torch::autograd::Function
+// whose backward calls the matching *_backward op. The graph is built in C++, as
+// for native ops: no Python runs per call or per backward node.
+#pragma once
+
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/Tensor.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace fastnn::autograd {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+inline bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+inline bool requires_grad(const std::optional<at::Tensor>& t) {
+  return t.has_value() && requires_grad(*t);
+}
+
+// True when the call has to record a graph: grad mode is on and an input requires grad.
+// Otherwise the op runs straight below autograd, with no Function/Node allocated.
+template <typename... Ts>
+inline bool needs_graph(const Ts&... tensors) {
+  return c10::GradMode::is_enabled() && (requires_grad(tensors) || ...);
+}
+
+// An optional tensor from a saved variable (undefined when the forward had none).
+inline std::optional<at::Tensor> optional_of(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// fastnn's backward ops are not differentiable. A backward computes its gradients with
+// grad mode off, then passes them through here. Under create_graph=True (grad mode on in
+// the backward) they would otherwise count as constants in a second differentiation,
+// a silently wrong answer; instead they are routed through an Error node, as Python's
+// @once_differentiable does, so that differentiating them again raises, naming the op.
+// Without create_graph (the usual case) the gradients pass through untouched.
+inline variable_list once_differentiable(variable_list grads, const char* op) {
+  if (!c10::GradMode::is_enabled()) return grads;
+  for (auto& g : grads) {
+    if (g.defined()) g = g.detach().requires_grad_(true);
+  }
+  const auto n = static_cast<int64_t>(grads.size());
+  auto error = std::make_shared<torch::autograd::DelayedError>(
+      std::string("fastnn.") + op +
+          ": double backward (a gradient of a gradient) is not supported: fastnn's backward "
+          "kernels are not differentiable. Use the torch.nn.functional op where higher-order "
+          "gradients are needed.",
+      n);
+  return error->apply(std::move(grads));
+}
+
+}  // namespace fastnn::autograd

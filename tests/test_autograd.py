@@ -1,0 +1,127 @@
+"""fastnn's autograd layer (csrc/autograd/): the forward ops are differentiable in C++.
+
+Checked here: the raw ops record a graph exactly when native ops do (grad mode on and an
+input requiring grad) and give native gradients; no graph under no_grad or
+inference_mode; double backward raises instead of giving a silently wrong answer; the
+non-differentiable outputs (lse, total_weight) and arguments (target, class weights)
+behave as natively; in-place ReLU bumps the version counter once, like native relu_."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastnn.functional as FF
+from support import assert_close, randn
+
+ops = torch.ops.fastnn
+NONE, MEAN, SUM = 0, 1, 2
+
+
+def _calls(device):
+    """(name, fastnn call, native call) on fresh leaves; each returns a scalar to backprop."""
+    x = randn(6, 5, dtype=torch.float64, device=device)
+    w = randn(4, 5, dtype=torch.float64, device=device)
+    b = randn(4, dtype=torch.float64, device=device)
+    t = torch.tensor([0, 4, 1, 3, 2, 2], device=device)
+    return [
+        ("linear", (x, w, b), lambda x, w, b: ops.linear_forward(x, w, b).sin().sum(),
+         lambda x, w, b: F.linear(x, w, b).sin().sum()),
+        ("relu", (x,), lambda x: ops.relu_forward(x).sin().sum(),
+         lambda x: F.relu(x).sin().sum()),
+        ("relu_", (x,), lambda x: FF.relu(x * 1, inplace=True).sin().sum(),
+         lambda x: F.relu(x * 1, inplace=True).sin().sum()),
+        ("log_softmax", (x,), lambda x: ops.log_softmax_forward(x, 1).sin().sum(),
+         lambda x: F.log_softmax(x, 1).sin().sum()),
+        ("nll_loss", (x,), lambda x: ops.nll_loss_forward(x, t, None, MEAN, -100)[0],
+         lambda x: F.nll_loss(x, t)),
+        ("cross_entropy", (x,), lambda x: ops.cross_entropy_forward(x, t, None, SUM, 2)[0],
+         lambda x: F.cross_entropy(x, t, reduction="sum", ignore_index=2)),
+    ]
+
+
+def _leaves(args):
+    return [a.detach().clone().requires_grad_() for a in args]
+
+
+@pytest.mark.parametrize("i", range(6), ids=[c[0] for c in _calls("cpu")])
+def test_raw_ops_are_differentiable_like_native(device, i):
+    name, args, fast, native = _calls(device)[i]
+    a0, a1 = _leaves(args), _leaves(args)
+    y0, y1 = native(*a0), fast(*a1)
+    assert y1.requires_grad and y1.grad_fn is not None
+    assert_close(y1, y0, torch.float64)
+    for g1, g0 in zip(torch.autograd.grad(y1, a1), torch.autograd.grad(y0, a0)):
+        assert_close(g1, g0, torch.float64)
+
+
+@pytest.mark.parametrize("i", range(6), ids=[c[0] for c in _calls("cpu")])
+def test_no_graph_without_grad(device, i):
+    name, args, fast, _ = _calls(device)[i]
+    with torch.no_grad():
+        assert not fast(*_leaves(args)).requires_grad
+    assert not fast(*[a.detach() for a in args]).requires_grad
+    with torch.inference_mode():
+        y = fast(*[a.detach().clone() for a in args])
+        assert not y.requires_grad and y.is_inference()
+
+
+@pytest.mark.parametrize("i", range(6), ids=[c[0] for c in _calls("cpu")])
+def test_double_backward_raises(device, i):
+    """Gradients taken with create_graph=True come back, but differentiating them again
+    raises (fastnn's backward kernels are not differentiable): never a silent zero."""
+    name, args, fast, native = _calls(device)[i]
+    a1 = _leaves(args)
+    grads = torch.autograd.grad(fast(*a1), a1, create_graph=True)
+    a0 = _leaves(args)
+    for g1, g0 in zip(grads, torch.autograd.grad(native(*a0), a0)):
+        assert_close(g1, g0, torch.float64)  # first order still right
+    with pytest.raises(RuntimeError, match=f"fastnn.{name.rstrip('_')}: double backward"):
+        sum(g.pow(2).sum() for g in grads).backward()
+
+
+def test_two_forwards_then_backwards(device):
+    """Everything a backward needs is in its node: two graphs through the same layer
+    parameters backpropagate independently, in either order."""
+    w = randn(3, 5, device=device).requires_grad_()
+    x1, x2 = randn(4, 5, device=device), randn(2, 5, device=device)
+    y1, y2 = FF.log_softmax(FF.linear(x1, w), 1), FF.log_softmax(FF.linear(x2, w), 1)
+    (g2,) = torch.autograd.grad(y2.sum(), w)
+    (g1,) = torch.autograd.grad(y1.sum(), w)
+    w0 = w.detach().clone().requires_grad_()
+    (r1,) = torch.autograd.grad(F.log_softmax(F.linear(x1, w0), 1).sum(), w0)
+    (r2,) = torch.autograd.grad(F.log_softmax(F.linear(x2, w0), 1).sum(), w0)
+    assert_close(g1, r1, torch.float32, k=5)
+    assert_close(g2, r2, torch.float32, k=5)
+
+
+@pytest.mark.parametrize("op", ["nll_loss_forward", "cross_entropy_forward"])
+def test_loss_side_outputs_are_not_differentiable(device, op):
+    x = randn(4, 3, device=device).requires_grad_()
+    t = torch.tensor([0, 2, 1, 1], device=device)
+    out = getattr(ops, op)(x, t, None, MEAN, -100)
+    assert out[0].requires_grad
+    assert not any(o.requires_grad for o in out[1:])
+    out[0].backward()  # the side outputs' missing gradients are not needed
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("loss", [FF.nll_loss, FF.cross_entropy], ids=["nll", "ce"])
+def test_loss_weight_requiring_grad_is_refused_like_native(device, loss):
+    x = randn(4, 3, device=device).requires_grad_()
+    t = torch.tensor([0, 2, 1, 1], device=device)
+    w = torch.rand(3, device=device).requires_grad_()
+    with pytest.raises(RuntimeError, match="not differentiable with respect to `weight`"):
+        loss(x, t, weight=w)
+    with torch.no_grad():
+        loss(x, t, weight=w)
+    loss(x, t, weight=w.detach()).backward()
+
+
+def test_relu_inplace_bumps_version_once_like_native(device):
+    for requires_grad in (False, True):
+        h0 = randn(3, 4, device=device).requires_grad_(requires_grad) * 1
+        h1 = h0.detach().clone().requires_grad_(requires_grad) * 1
+        v0, v1 = h0._version, h1._version
+        F.relu(h0, inplace=True)
+        FF.relu(h1, inplace=True)
+        assert h1._version - v1 == h0._version - v0 == 1
+        assert torch.equal(h1, h0)
