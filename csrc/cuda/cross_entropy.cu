@@ -94,22 +94,8 @@ __global__ void __launch_bounds__(warp_kernel_max_threads<ELEMS>(), 1)
       xt = to_acc(x[off + t]);
       wt = w != nullptr ? to_acc(w[t]) : A(1);
     }
-    A v[ELEMS];
-#pragma unroll
-    for (int j = 0; j < ELEMS; ++j) {
-      const int c = j * WIDTH + l;
-      v[j] = (valid && c < C) ? to_acc(x[off + c]) : neg_inf<A>();
-    }
-    A m = v[0];
-#pragma unroll
-    for (int j = 1; j < ELEMS; ++j) m = dmax(m, v[j]);
-    m = warp_reduce<WIDTH>(m, MaxOp());
-    A s = A(0);
-#pragma unroll
-    for (int j = 0; j < ELEMS; ++j) {
-      if (j * WIDTH + l < C) s += dexp(v[j] - m);
-    }
-    s = warp_reduce<WIDTH>(s, SumOp());
+    A v[ELEMS], m, s;
+    warp_row_max_sumexp<ELEMS, WIDTH>(x + off, valid, C, l, v, m, s);
     if (valid && l == 0) {
       const A lg = dlog(s);
       lse_out[row] = m + lg;
@@ -354,25 +340,6 @@ __global__ void __launch_bounds__(kFlatThreads)
 // Host side.
 at::ScalarType acc_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-template <typename F>
-void with_warp_variant(int C, F&& f) {
-  if (C <= 16) {
-    f(std::integral_constant<int, 1>(), std::integral_constant<int, 16>());
-  } else if (C <= 32) {
-    f(std::integral_constant<int, 1>(), std::integral_constant<int, 32>());
-  } else if (C <= 64) {
-    f(std::integral_constant<int, 2>(), std::integral_constant<int, 32>());
-  } else if (C <= 128) {
-    f(std::integral_constant<int, 4>(), std::integral_constant<int, 32>());
-  } else if (C <= 256) {
-    f(std::integral_constant<int, 8>(), std::integral_constant<int, 32>());
-  } else if (C <= 512) {
-    f(std::integral_constant<int, 16>(), std::integral_constant<int, 32>());
-  } else {
-    f(std::integral_constant<int, 32>(), std::integral_constant<int, 32>());
-  }
 }
 
 int block_threads_for(int64_t nv, int min_threads) {

@@ -69,22 +69,8 @@ __global__ void __launch_bounds__(kWarpKernelThreads)
     const int64_t row = base + sub;
     const bool valid = row < rows;
     const int64_t off = (valid ? row : 0) * C;
-    A v[ELEMS];
-#pragma unroll
-    for (int j = 0; j < ELEMS; ++j) {
-      const int c = j * WIDTH + l;
-      v[j] = (valid && c < C) ? to_acc(x[off + c]) : neg_inf<A>();
-    }
-    A m = v[0];
-#pragma unroll
-    for (int j = 1; j < ELEMS; ++j) m = dmax(m, v[j]);
-    m = warp_reduce<WIDTH>(m, MaxOp());
-    A s = A(0);
-#pragma unroll
-    for (int j = 0; j < ELEMS; ++j) {
-      if (j * WIDTH + l < C) s += dexp(v[j] - m);
-    }
-    s = warp_reduce<WIDTH>(s, SumOp());
+    A v[ELEMS], m, s;
+    warp_row_max_sumexp<ELEMS, WIDTH>(x + off, valid, C, l, v, m, s);
     const A ls = dlog(s);
     if (valid) {
 #pragma unroll
@@ -324,26 +310,6 @@ Layout layout_of(const at::Tensor& t, int64_t dim) {
 int capped_grid(int64_t want, int device) {
   const int64_t cap = static_cast<int64_t>(sm_count(device)) * 32;
   return static_cast<int>(std::max<int64_t>(1, std::min(want, cap)));
-}
-
-// Calls f.template operator()<ELEMS, WIDTH>() for the warp-kernel variant of C.
-template <typename F>
-void with_warp_variant(int C, F&& f) {
-  if (C <= 16) {
-    f(std::integral_constant<int, 1>(), std::integral_constant<int, 16>());
-  } else if (C <= 32) {
-    f(std::integral_constant<int, 1>(), std::integral_constant<int, 32>());
-  } else if (C <= 64) {
-    f(std::integral_constant<int, 2>(), std::integral_constant<int, 32>());
-  } else if (C <= 128) {
-    f(std::integral_constant<int, 4>(), std::integral_constant<int, 32>());
-  } else if (C <= 256) {
-    f(std::integral_constant<int, 8>(), std::integral_constant<int, 32>());
-  } else if (C <= 512) {
-    f(std::integral_constant<int, 16>(), std::integral_constant<int, 32>());
-  } else {
-    f(std::integral_constant<int, 32>(), std::integral_constant<int, 32>());
-  }
 }
 
 constexpr int64_t kWarpMaxC = 1024;

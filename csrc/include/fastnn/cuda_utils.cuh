@@ -7,6 +7,8 @@
 //     __shfl_xor_sync and the full mask: every lane of the warp must call them;
 //     every lane gets the bitwise same result) and a fixed-order block
 //     reduction (deterministic for a given blockDim).
+//   * short rows in registers: a row's max and sum of exp over a lane group
+//     (warp_row_max_sumexp) and the choice of group shape (with_warp_variant).
 //   * an online (running max, running sum of exp) update for log-sum-exp.
 //   * AlignedVec<T, N>: N elements loaded/stored with one 16-byte access.
 //   * the deterministic two-level loss reduction used by nll_loss and
@@ -20,6 +22,7 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include <ATen/core/Reduction.h>
 #include <c10/macros/Macros.h>
@@ -112,6 +115,56 @@ __device__ __forceinline__ A block_reduce(A v, Op op, A identity, A* smem) {
   }
   __syncthreads();
   return smem[0];
+}
+
+// ---------------------------------------------------------------------------
+// Short rows held in registers: one row of C <= ELEMS * WIDTH values per group of
+// WIDTH lanes, ELEMS values per lane (lane l of the group holds columns l,
+// l + WIDTH, ...; padding is -inf). Used by the warp kernels of log_softmax and
+// cross_entropy (the MNIST case, C = 10, runs two rows per warp with WIDTH = 16).
+//
+// Loads the row at xr (ignored when !valid: the lanes still take part in the
+// shuffles) into v and returns, in every lane of the group, its max m and
+// s = sum(exp(v - m)). All 32 lanes of the warp must call it.
+template <int ELEMS, int WIDTH, typename T, typename A>
+__device__ __forceinline__ void warp_row_max_sumexp(const T* __restrict__ xr, bool valid, int C,
+                                                    int l, A (&v)[ELEMS], A& m, A& s) {
+#pragma unroll
+  for (int j = 0; j < ELEMS; ++j) {
+    const int c = j * WIDTH + l;
+    v[j] = (valid && c < C) ? to_acc(xr[c]) : neg_inf<A>();
+  }
+  m = v[0];
+#pragma unroll
+  for (int j = 1; j < ELEMS; ++j) m = dmax(m, v[j]);
+  m = warp_reduce<WIDTH>(m, MaxOp());
+  s = A(0);
+#pragma unroll
+  for (int j = 0; j < ELEMS; ++j) {
+    if (j * WIDTH + l < C) s += dexp(v[j] - m);
+  }
+  s = warp_reduce<WIDTH>(s, SumOp());
+}
+
+// The warp-kernel variant (ELEMS, WIDTH) for rows of C <= 1024: calls
+// f(integral_constant<ELEMS>, integral_constant<WIDTH>) with the smallest that fits.
+template <typename F>
+void with_warp_variant(int C, F&& f) {
+  if (C <= 16) {
+    f(std::integral_constant<int, 1>(), std::integral_constant<int, 16>());
+  } else if (C <= 32) {
+    f(std::integral_constant<int, 1>(), std::integral_constant<int, 32>());
+  } else if (C <= 64) {
+    f(std::integral_constant<int, 2>(), std::integral_constant<int, 32>());
+  } else if (C <= 128) {
+    f(std::integral_constant<int, 4>(), std::integral_constant<int, 32>());
+  } else if (C <= 256) {
+    f(std::integral_constant<int, 8>(), std::integral_constant<int, 32>());
+  } else if (C <= 512) {
+    f(std::integral_constant<int, 16>(), std::integral_constant<int, 32>());
+  } else {
+    f(std::integral_constant<int, 32>(), std::integral_constant<int, 32>());
+  }
 }
 
 // ---------------------------------------------------------------------------
