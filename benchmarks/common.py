@@ -140,6 +140,32 @@ def measure(candidates: Dict[str, Sequence[Call]], device, budget: Budget = FULL
     return out
 
 
+def kernel_time(calls: Sequence[Call], device, iters: int = 60) -> Optional[Dict[str, float]]:
+    """GPU time of the kernels one call launches, from torch.profiler (CUPTI): the sum of
+    the durations of every device activity (kernels, memsets, copies) over ``iters``
+    calls, divided by ``iters``. Unlike the per-call times of ``measure`` this excludes
+    launch and Python overhead: it is what the GPU spends per call. Returns
+    {"kernel_s", "kernels_per_call"}, or None on the CPU or when the profiler records
+    no device activity."""
+    if torch.device(device).type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    rotor = _Rotor(calls)
+    for _ in range(5):
+        rotor()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            rotor()
+        sync(device)
+    device_events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    if not device_events:
+        return None
+    total_us = sum(e.time_range.elapsed_us() for e in device_events)
+    return {"kernel_s": total_us * 1e-6 / iters, "kernels_per_call": len(device_events) / iters}
+
+
 def input_sets(working_set_bytes: int, quick: bool, cache_bytes: int = 64 << 20) -> int:
     """How many input sets to rotate through: enough that they together exceed the
     last-level cache (approximated by ``cache_bytes``), at most 8 (2 in quick mode)."""

@@ -12,7 +12,10 @@ dtypes: float32 + float64 on CPU; float32, bfloat16, float16 on CUDA.
 
 Modes: ``fwd`` is the forward call with autograd recording (inputs require grad, as in
 training); ``bwd`` is torch.autograd.grad on a retained graph (the backward kernels
-only); ``fwd+bwd`` both. Achieved rates use algorithmic minimum traffic / FLOPs:
+only); ``fwd+bwd`` both. On CUDA, the batch-64 (MNIST) cases also record the device
+time of the kernels per call (torch.profiler, see common.kernel_time): there the
+per-call times are launch-bound and do not show the kernels' own cost. Achieved rates
+use algorithmic minimum traffic / FLOPs:
 linear 2MNK FLOPs forward and 4MNK backward (vs the measured torch.mm rate), the others
 bytes read + written once (vs the measured copy bandwidth).
 """
@@ -22,9 +25,11 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn.functional as TF
 
-from .common import Budget, copy_bandwidth, gemm_rate, input_sets, measure, random_generator
+from .common import (Budget, copy_bandwidth, gemm_rate, input_sets, kernel_time, measure,
+                     random_generator)
 
 MODES = ("fwd", "bwd", "fwd+bwd")
+MNIST_BATCH = 64
 
 
 @dataclass
@@ -203,6 +208,8 @@ def run(device: str = "cpu", quick: bool = False, budget: Budget = None, log=pri
             for name, st in stats.items():
                 rate = amount / st.median_s
                 row["impls"][name] = dict(st.as_dict(), rate=rate, pct_of_ceiling=100 * rate / ceiling)
+                if case.shape[0] == MNIST_BATCH:
+                    row["impls"][name].update(kernel_time(candidates[name], device) or {})
             for name, err in errors.items():
                 row["impls"][name] = {"error": err}
             if "fastnn" in stats:

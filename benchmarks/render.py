@@ -97,7 +97,31 @@ def markdown(result: Dict) -> str:
             if errors:
                 lines += ["", "Errors: " + "; ".join(sorted(errors))]
             lines.append("")
+        lines += kernel_table(ops["cases"])
     return "\n".join(lines)
+
+
+def kernel_table(cases: List[Dict]) -> List[str]:
+    """The device time of the kernels per call (CUDA, MNIST batch), when it was measured."""
+    rows = [c for c in cases if any("kernel_s" in r for r in c["impls"].values())]
+    if not rows:
+        return []
+    names = list(OrderedDict.fromkeys(n for c in rows for n, r in c["impls"].items()
+                                      if "kernel_s" in r))
+    head = ["op", "shape", "dtype", "mode"] + [f"{n}: kernel us (kernels)" for n in names]
+    lines = ["## Device time per call at MNIST sizes", "",
+             "GPU time of the kernels one call launches (torch.profiler/CUPTI: sum of kernel, "
+             "memset and copy durations, averaged over 60 calls), without launch or Python "
+             "overhead.", "",
+             "| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 4 + ["---:"] * len(names)) + " |"]
+    for c in rows:
+        cells = [c["op"], c["shape"], c["dtype"], c["mode"]]
+        for n in names:
+            r = c["impls"].get(n, {})
+            cells.append(f"{r['kernel_s'] * 1e6:.2f} ({r['kernels_per_call']:g})"
+                         if "kernel_s" in r else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def charts(result: Dict, base: str) -> List[str]:

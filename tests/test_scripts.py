@@ -137,3 +137,18 @@ def test_benchmarks_quick(tmp_path):
     errors += [(r["variant"], r["error"]) for r in result["step"]["rows"] if "error" in r]
     assert not errors, errors
     assert {r["variant"] for r in result["step"]["rows"]} >= {"native eager", "fastnn eager"}
+
+
+def test_benchmark_kernel_time_table():
+    """The CUDA-only device-time table renders from a result row (the measurement itself,
+    common.kernel_time, needs a GPU and returns None on the CPU)."""
+    from benchmarks.common import kernel_time
+    from benchmarks.render import kernel_table
+    assert kernel_time([lambda: None], "cpu") is None
+    row = {"op": "linear", "shape": "64x784x256", "dtype": "float32", "mode": "fwd", "ratios": {},
+           "impls": {"fastnn": {"kernel_s": 3.25e-6, "kernels_per_call": 1.0},
+                     "native": {"kernel_s": 4.5e-6, "kernels_per_call": 2.0}}}
+    lines = kernel_table([row, dict(row, op="relu", impls={"fastnn": {"median_s": 1e-5}})])
+    assert "| linear | 64x784x256 | float32 | fwd | 3.25 (1) | 4.50 (2) |" in lines
+    assert not any("| relu |" in line for line in lines)
+    assert kernel_table([dict(row, impls={"fastnn": {"median_s": 1e-5}})]) == []
