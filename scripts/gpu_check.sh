@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with a GPU: build fastnn against the torch installed there, run the CUDA
-# tests, compute-sanitizer (memcheck, racecheck) over every op, the kernel checks and the
-# op benchmarks. Logs and results go to OUTDIR; a summary is printed last.
+# tests, compute-sanitizer (memcheck, racecheck) over every op, the kernel checks, and (full
+# mode) the benchmarks and MNIST training. Logs and results go to OUTDIR; a summary is
+# printed last.
 #
 #   scripts/gpu_check.sh OUTDIR [quick]
 set -uo pipefail
@@ -41,5 +42,13 @@ step racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
 if [ "$MODE" = full ]; then
   step bench bench.log $PY -m benchmarks.run --device cuda --out "$OUT/results"
+  # MNIST, 5 epochs, native vs fastnn, eager and whole-step CUDA graph (needs the data:
+  # FASTNN_DATA pointing at torchvision's layout, MNIST/raw/*.gz).
+  if [ -d "${FASTNN_DATA:-/nonexistent}/MNIST/raw" ]; then
+    step train train.log $PY -m fastnn.train --impl both --device cuda --no-progress
+    step train_graph train_graph.log $PY -m fastnn.train --impl both --device cuda --cuda-graph --no-progress
+  else
+    echo "== train: skipped (set FASTNN_DATA to a folder with MNIST/raw)"
+  fi
 fi
 echo "== summary"; for k in "${!status[@]}"; do echo "$k: ${status[$k]}"; done

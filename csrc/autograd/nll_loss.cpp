@@ -55,11 +55,7 @@ struct NLLLossFunction : public torch::autograd::Function<NLLLossFunction> {
 std::tuple<at::Tensor, at::Tensor> nll_loss_forward_autograd(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t reduction, int64_t ignore_index) {
-  // As natively, the loss is not differentiable in the class weights: refuse a weight
-  // that asks for a gradient rather than silently give it none.
-  TORCH_CHECK(!autograd::needs_graph(weight), "fastnn.nll_loss: the loss is not differentiable with "
-              "respect to `weight`, so `weight` cannot have requires_grad=True. Pass "
-              "`weight.detach()`, or call it under torch.no_grad().");
+  autograd::check_weight_not_differentiable("nll_loss", weight);
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::nll_loss_forward(input, target, weight, reduction, ignore_index);

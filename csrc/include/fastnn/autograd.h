@@ -35,6 +35,16 @@ inline bool needs_graph(const Ts&... tensors) {
   return c10::GradMode::is_enabled() && (requires_grad(tensors) || ...);
 }
 
+// As natively, the losses are not differentiable in their class weights: a weight that
+// asks for a gradient is refused rather than silently given none.
+inline void check_weight_not_differentiable(const char* op,
+                                            const std::optional<at::Tensor>& weight) {
+  TORCH_CHECK(!needs_graph(weight), "fastnn.", op,
+              ": the loss is not differentiable with respect to `weight`, so `weight` cannot "
+              "have requires_grad=True. Pass `weight.detach()`, or call it under "
+              "torch.no_grad().");
+}
+
 // An optional tensor from a saved variable (undefined when the forward had none).
 inline std::optional<at::Tensor> optional_of(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
