@@ -102,14 +102,14 @@ def markdown(result: Dict) -> str:
 
 
 def kernel_table(cases: List[Dict]) -> List[str]:
-    """The device time of the kernels per call (CUDA, MNIST batch), when it was measured."""
+    """The device time of the kernels per call (CUDA), when it was measured."""
     rows = [c for c in cases if any("kernel_s" in r for r in c["impls"].values())]
     if not rows:
         return []
     names = list(OrderedDict.fromkeys(n for c in rows for n, r in c["impls"].items()
                                       if "kernel_s" in r))
     head = ["op", "shape", "dtype", "mode"] + [f"{n}: kernel us (kernels)" for n in names]
-    lines = ["## Device time per call at MNIST sizes", "",
+    lines = ["## Device time per call (kernels only)", "",
              "GPU time of the kernels one call launches (torch.profiler/CUPTI: sum of kernel, "
              "memset and copy durations, averaged over 60 calls), without launch or Python "
              "overhead.", "",
