@@ -46,6 +46,7 @@
 #include <type_traits>
 
 #include "fastnn/cpu_features.h"
+#include "fastnn/cpu_vec.h"
 
 #if FASTNN_HAVE_X86
 #include <immintrin.h>
@@ -169,184 +170,86 @@ bool g_prefetch_c = true;
 #define FASTNN_PREFETCH_C true
 #endif
 // Epilogue of one full tile row: C = x (+ bias) (+ beta * C).
-FASTNN_TARGET_AVX2 inline void row_f32(float* ci, __m256 x0, __m256 x1, __m256 bias0,
-                                       __m256 bias1, bool hb, __m256 vb, bool load_c) {
+template <class A>
+FASTNN_TARGET_AVX2 inline void row_avx2(typename A::T* ci, typename A::V x0, typename A::V x1,
+                                        typename A::V bias0, typename A::V bias1, bool hb,
+                                        typename A::V vb, bool load_c) {
   if (hb) {
-    x0 = _mm256_add_ps(x0, bias0);
-    x1 = _mm256_add_ps(x1, bias1);
+    x0 = A::add(x0, bias0);
+    x1 = A::add(x1, bias1);
   }
   if (load_c) {
-    x0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci), x0);
-    x1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci + 8), x1);
+    x0 = A::fmadd(vb, A::load(ci), x0);
+    x1 = A::fmadd(vb, A::load(ci + A::W), x1);
   }
-  _mm256_storeu_ps(ci, x0);
-  _mm256_storeu_ps(ci + 8, x1);
+  A::store(ci, x0);
+  A::store(ci + A::W, x1);
 }
 
-FASTNN_TARGET_AVX2 inline void row_f64(double* ci, __m256d x0, __m256d x1, __m256d bias0,
-                                       __m256d bias1, bool hb, __m256d vb, bool load_c) {
-  if (hb) {
-    x0 = _mm256_add_pd(x0, bias0);
-    x1 = _mm256_add_pd(x1, bias1);
-  }
-  if (load_c) {
-    x0 = _mm256_fmadd_pd(vb, _mm256_loadu_pd(ci), x0);
-    x1 = _mm256_fmadd_pd(vb, _mm256_loadu_pd(ci + 4), x1);
-  }
-  _mm256_storeu_pd(ci, x0);
-  _mm256_storeu_pd(ci + 4, x1);
-}
-
-FASTNN_TARGET_AVX2
-void kernel_f32_avx2(int64_t kc, const float* __restrict a, const float* __restrict b, int64_t ldb,
-                     float* __restrict c, int64_t ldc, int mr, int nr, const float* bias,
-                     float beta, bool load_c) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+// The 6 x 2W micro-kernel (6x16 floats, 6x8 doubles): twelve accumulator registers;
+// per k, two vector loads of the B panel and one broadcast of A per row.
+template <class A>
+FASTNN_TARGET_AVX2 void kernel_avx2(int64_t kc, const typename A::T* __restrict a,
+                                    const typename A::T* __restrict b, int64_t ldb,
+                                    typename A::T* __restrict c, int64_t ldc, int mr, int nr,
+                                    const typename A::T* bias, typename A::T beta, bool load_c) {
+  using T = typename A::T;
+  using V = typename A::V;
+  constexpr int64_t W = A::W, NR = 2 * W;
+  V c00 = A::zero(), c01 = A::zero();
+  V c10 = A::zero(), c11 = A::zero();
+  V c20 = A::zero(), c21 = A::zero();
+  V c30 = A::zero(), c31 = A::zero();
+  V c40 = A::zero(), c41 = A::zero();
+  V c50 = A::zero(), c51 = A::zero();
   if (FASTNN_PREFETCH_C) {
     for (int i = 0; i < 6; ++i) {
       _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 15), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + NR - 1), _MM_HINT_T0);
     }
   }
 #pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(b);
-    const __m256 b1 = _mm256_loadu_ps(b + 8);
-    __m256 av;
-    av = _mm256_broadcast_ss(a + 0);
-    c00 = _mm256_fmadd_ps(av, b0, c00);
-    c01 = _mm256_fmadd_ps(av, b1, c01);
-    av = _mm256_broadcast_ss(a + 1);
-    c10 = _mm256_fmadd_ps(av, b0, c10);
-    c11 = _mm256_fmadd_ps(av, b1, c11);
-    av = _mm256_broadcast_ss(a + 2);
-    c20 = _mm256_fmadd_ps(av, b0, c20);
-    c21 = _mm256_fmadd_ps(av, b1, c21);
-    av = _mm256_broadcast_ss(a + 3);
-    c30 = _mm256_fmadd_ps(av, b0, c30);
-    c31 = _mm256_fmadd_ps(av, b1, c31);
-    av = _mm256_broadcast_ss(a + 4);
-    c40 = _mm256_fmadd_ps(av, b0, c40);
-    c41 = _mm256_fmadd_ps(av, b1, c41);
-    av = _mm256_broadcast_ss(a + 5);
-    c50 = _mm256_fmadd_ps(av, b0, c50);
-    c51 = _mm256_fmadd_ps(av, b1, c51);
+    const V b0 = A::load(b);
+    const V b1 = A::load(b + W);
+    V av;
+    av = A::broadcast(a + 0);
+    c00 = A::fmadd(av, b0, c00);
+    c01 = A::fmadd(av, b1, c01);
+    av = A::broadcast(a + 1);
+    c10 = A::fmadd(av, b0, c10);
+    c11 = A::fmadd(av, b1, c11);
+    av = A::broadcast(a + 2);
+    c20 = A::fmadd(av, b0, c20);
+    c21 = A::fmadd(av, b1, c21);
+    av = A::broadcast(a + 3);
+    c30 = A::fmadd(av, b0, c30);
+    c31 = A::fmadd(av, b1, c31);
+    av = A::broadcast(a + 4);
+    c40 = A::fmadd(av, b0, c40);
+    c41 = A::fmadd(av, b1, c41);
+    av = A::broadcast(a + 5);
+    c50 = A::fmadd(av, b0, c50);
+    c51 = A::fmadd(av, b1, c51);
     a += 6;
     b += ldb;
   }
-  if (mr == 6 && nr == 16) {
-    __m256 bias0 = _mm256_setzero_ps(), bias1 = _mm256_setzero_ps();
+  if (mr == 6 && nr == NR) {
     const bool hb = bias != nullptr;
-    if (hb) {
-      bias0 = _mm256_loadu_ps(bias);
-      bias1 = _mm256_loadu_ps(bias + 8);
-    }
-    const __m256 vb = _mm256_set1_ps(beta);
-#define FASTNN_ROW(ci, x0, x1) row_f32(ci, x0, x1, bias0, bias1, hb, vb, load_c)
-    FASTNN_ROW(c + 0 * ldc, c00, c01);
-    FASTNN_ROW(c + 1 * ldc, c10, c11);
-    FASTNN_ROW(c + 2 * ldc, c20, c21);
-    FASTNN_ROW(c + 3 * ldc, c30, c31);
-    FASTNN_ROW(c + 4 * ldc, c40, c41);
-    FASTNN_ROW(c + 5 * ldc, c50, c51);
-#undef FASTNN_ROW
+    const V bias0 = hb ? A::load(bias) : A::zero();
+    const V bias1 = hb ? A::load(bias + W) : A::zero();
+    const V vb = A::set1(beta);
+    row_avx2<A>(c + 0 * ldc, c00, c01, bias0, bias1, hb, vb, load_c);
+    row_avx2<A>(c + 1 * ldc, c10, c11, bias0, bias1, hb, vb, load_c);
+    row_avx2<A>(c + 2 * ldc, c20, c21, bias0, bias1, hb, vb, load_c);
+    row_avx2<A>(c + 3 * ldc, c30, c31, bias0, bias1, hb, vb, load_c);
+    row_avx2<A>(c + 4 * ldc, c40, c41, bias0, bias1, hb, vb, load_c);
+    row_avx2<A>(c + 5 * ldc, c50, c51, bias0, bias1, hb, vb, load_c);
   } else {
-    alignas(32) float tmp[6 * 16];
-    _mm256_store_ps(tmp + 0, c00);
-    _mm256_store_ps(tmp + 8, c01);
-    _mm256_store_ps(tmp + 16, c10);
-    _mm256_store_ps(tmp + 24, c11);
-    _mm256_store_ps(tmp + 32, c20);
-    _mm256_store_ps(tmp + 40, c21);
-    _mm256_store_ps(tmp + 48, c30);
-    _mm256_store_ps(tmp + 56, c31);
-    _mm256_store_ps(tmp + 64, c40);
-    _mm256_store_ps(tmp + 72, c41);
-    _mm256_store_ps(tmp + 80, c50);
-    _mm256_store_ps(tmp + 88, c51);
-    epilogue_edge<float>(tmp, 16, c, ldc, mr, nr, bias, beta, load_c);
-  }
-}
-
-FASTNN_TARGET_AVX2
-void kernel_f64_avx2(int64_t kc, const double* __restrict a, const double* __restrict b,
-                     int64_t ldb,
-                     double* __restrict c, int64_t ldc, int mr, int nr, const double* bias,
-                     double beta, bool load_c) {
-  __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd();
-  __m256d c10 = _mm256_setzero_pd(), c11 = _mm256_setzero_pd();
-  __m256d c20 = _mm256_setzero_pd(), c21 = _mm256_setzero_pd();
-  __m256d c30 = _mm256_setzero_pd(), c31 = _mm256_setzero_pd();
-  __m256d c40 = _mm256_setzero_pd(), c41 = _mm256_setzero_pd();
-  __m256d c50 = _mm256_setzero_pd(), c51 = _mm256_setzero_pd();
-  if (FASTNN_PREFETCH_C) {
-    for (int i = 0; i < 6; ++i) {
-      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 7), _MM_HINT_T0);
-    }
-  }
-#pragma GCC unroll 4
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m256d b0 = _mm256_loadu_pd(b);
-    const __m256d b1 = _mm256_loadu_pd(b + 4);
-    __m256d av;
-    av = _mm256_broadcast_sd(a + 0);
-    c00 = _mm256_fmadd_pd(av, b0, c00);
-    c01 = _mm256_fmadd_pd(av, b1, c01);
-    av = _mm256_broadcast_sd(a + 1);
-    c10 = _mm256_fmadd_pd(av, b0, c10);
-    c11 = _mm256_fmadd_pd(av, b1, c11);
-    av = _mm256_broadcast_sd(a + 2);
-    c20 = _mm256_fmadd_pd(av, b0, c20);
-    c21 = _mm256_fmadd_pd(av, b1, c21);
-    av = _mm256_broadcast_sd(a + 3);
-    c30 = _mm256_fmadd_pd(av, b0, c30);
-    c31 = _mm256_fmadd_pd(av, b1, c31);
-    av = _mm256_broadcast_sd(a + 4);
-    c40 = _mm256_fmadd_pd(av, b0, c40);
-    c41 = _mm256_fmadd_pd(av, b1, c41);
-    av = _mm256_broadcast_sd(a + 5);
-    c50 = _mm256_fmadd_pd(av, b0, c50);
-    c51 = _mm256_fmadd_pd(av, b1, c51);
-    a += 6;
-    b += ldb;
-  }
-  if (mr == 6 && nr == 8) {
-    __m256d bias0 = _mm256_setzero_pd(), bias1 = _mm256_setzero_pd();
-    const bool hb = bias != nullptr;
-    if (hb) {
-      bias0 = _mm256_loadu_pd(bias);
-      bias1 = _mm256_loadu_pd(bias + 4);
-    }
-    const __m256d vb = _mm256_set1_pd(beta);
-#define FASTNN_ROW(ci, x0, x1) row_f64(ci, x0, x1, bias0, bias1, hb, vb, load_c)
-    FASTNN_ROW(c + 0 * ldc, c00, c01);
-    FASTNN_ROW(c + 1 * ldc, c10, c11);
-    FASTNN_ROW(c + 2 * ldc, c20, c21);
-    FASTNN_ROW(c + 3 * ldc, c30, c31);
-    FASTNN_ROW(c + 4 * ldc, c40, c41);
-    FASTNN_ROW(c + 5 * ldc, c50, c51);
-#undef FASTNN_ROW
-  } else {
-    alignas(32) double tmp[6 * 8];
-    _mm256_store_pd(tmp + 0, c00);
-    _mm256_store_pd(tmp + 4, c01);
-    _mm256_store_pd(tmp + 8, c10);
-    _mm256_store_pd(tmp + 12, c11);
-    _mm256_store_pd(tmp + 16, c20);
-    _mm256_store_pd(tmp + 20, c21);
-    _mm256_store_pd(tmp + 24, c30);
-    _mm256_store_pd(tmp + 28, c31);
-    _mm256_store_pd(tmp + 32, c40);
-    _mm256_store_pd(tmp + 36, c41);
-    _mm256_store_pd(tmp + 40, c50);
-    _mm256_store_pd(tmp + 44, c51);
-    epilogue_edge<double>(tmp, 8, c, ldc, mr, nr, bias, beta, load_c);
+    alignas(32) T tmp[6 * NR];
+    const V acc[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+    for (int r = 0; r < 12; ++r) A::store(tmp + r * W, acc[r]);
+    epilogue_edge<T>(tmp, static_cast<int>(NR), c, ldc, mr, nr, bias, beta, load_c);
   }
 }
 
@@ -501,9 +404,9 @@ Fast<T> select_fast() {
 #if FASTNN_HAVE_X86
   if (use_avx2()) {
     if constexpr (std::is_same<T, float>::value) {
-      f = Fast<T>{&kernel_f32_avx2, &pack_a_f32_rows_avx2, &pack_b_f32_trans_avx2};
+      f = Fast<T>{&kernel_avx2<vec::F32x8>, &pack_a_f32_rows_avx2, &pack_b_f32_trans_avx2};
     } else {
-      f = Fast<T>{&kernel_f64_avx2, &pack_a_f64_rows_avx2, &pack_b_f64_trans_avx2};
+      f = Fast<T>{&kernel_avx2<vec::F64x4>, &pack_a_f64_rows_avx2, &pack_b_f64_trans_avx2};
     }
   }
 #endif

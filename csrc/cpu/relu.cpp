@@ -40,66 +40,37 @@ void relu_bwd_scalar(const T* dy, const T* y, T* dx, int64_t n) {
 }
 
 #if FASTNN_HAVE_X86
-// _mm256_max_ps(0, x) returns its second operand x when x is NaN or when both are
-// zeros, which gives exactly x < 0 ? 0 : x.
-FASTNN_TARGET_AVX2 void relu_avx2(const float* x, float* y, int64_t n) {
-  const __m256 z = _mm256_setzero_ps();
+// A::max(0, x) (_mm256_max_ps/pd) returns its second operand x when x is NaN or when
+// both are zeros, which gives exactly x < 0 ? 0 : x.
+template <class A>
+FASTNN_TARGET_AVX2 void relu_avx2(const typename A::T* x, typename A::T* y, int64_t n) {
+  constexpr int64_t W = A::W;
+  const typename A::V z = A::zero();
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    _mm256_storeu_ps(y + i, _mm256_max_ps(z, _mm256_loadu_ps(x + i)));
-    _mm256_storeu_ps(y + i + 8, _mm256_max_ps(z, _mm256_loadu_ps(x + i + 8)));
-    _mm256_storeu_ps(y + i + 16, _mm256_max_ps(z, _mm256_loadu_ps(x + i + 16)));
-    _mm256_storeu_ps(y + i + 24, _mm256_max_ps(z, _mm256_loadu_ps(x + i + 24)));
+  for (; i + 4 * W <= n; i += 4 * W) {
+    A::store(y + i, A::max(z, A::load(x + i)));
+    A::store(y + i + W, A::max(z, A::load(x + i + W)));
+    A::store(y + i + 2 * W, A::max(z, A::load(x + i + 2 * W)));
+    A::store(y + i + 3 * W, A::max(z, A::load(x + i + 3 * W)));
   }
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_max_ps(z, _mm256_loadu_ps(x + i)));
+  for (; i + W <= n; i += W) A::store(y + i, A::max(z, A::load(x + i)));
   if (i < n) {
-    const __m256i m = vec::tail_mask_ps(n - i);
-    _mm256_maskstore_ps(y + i, m, _mm256_max_ps(z, _mm256_maskload_ps(x + i, m)));
-  }
-}
-
-FASTNN_TARGET_AVX2 void relu_avx2(const double* x, double* y, int64_t n) {
-  const __m256d z = _mm256_setzero_pd();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    _mm256_storeu_pd(y + i, _mm256_max_pd(z, _mm256_loadu_pd(x + i)));
-    _mm256_storeu_pd(y + i + 4, _mm256_max_pd(z, _mm256_loadu_pd(x + i + 4)));
-    _mm256_storeu_pd(y + i + 8, _mm256_max_pd(z, _mm256_loadu_pd(x + i + 8)));
-    _mm256_storeu_pd(y + i + 12, _mm256_max_pd(z, _mm256_loadu_pd(x + i + 12)));
-  }
-  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(y + i, _mm256_max_pd(z, _mm256_loadu_pd(x + i)));
-  if (i < n) {
-    const __m256i m = vec::tail_mask_pd(n - i);
-    _mm256_maskstore_pd(y + i, m, _mm256_max_pd(z, _mm256_maskload_pd(x + i, m)));
+    const __m256i m = A::mask(n - i);
+    A::mstore(y + i, m, A::max(z, A::mload(x + i, m)));
   }
 }
 
 // dx = (y <= 0) ? 0 : dy; the ordered compare is false for NaN, so NaN passes dy.
-FASTNN_TARGET_AVX2 void relu_bwd_avx2(const float* dy, const float* y, float* dx, int64_t n) {
-  const __m256 z = _mm256_setzero_ps();
+template <class A>
+FASTNN_TARGET_AVX2 void relu_bwd_avx2(const typename A::T* dy, const typename A::T* y,
+                                      typename A::T* dx, int64_t n) {
+  constexpr int64_t W = A::W;
+  const typename A::V z = A::zero();
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 le = _mm256_cmp_ps(_mm256_loadu_ps(y + i), z, _CMP_LE_OQ);
-    _mm256_storeu_ps(dx + i, _mm256_andnot_ps(le, _mm256_loadu_ps(dy + i)));
-  }
+  for (; i + W <= n; i += W) A::store(dx + i, A::andnot(A::le(A::load(y + i), z), A::load(dy + i)));
   if (i < n) {
-    const __m256i m = vec::tail_mask_ps(n - i);
-    const __m256 le = _mm256_cmp_ps(_mm256_maskload_ps(y + i, m), z, _CMP_LE_OQ);
-    _mm256_maskstore_ps(dx + i, m, _mm256_andnot_ps(le, _mm256_maskload_ps(dy + i, m)));
-  }
-}
-
-FASTNN_TARGET_AVX2 void relu_bwd_avx2(const double* dy, const double* y, double* dx, int64_t n) {
-  const __m256d z = _mm256_setzero_pd();
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const __m256d le = _mm256_cmp_pd(_mm256_loadu_pd(y + i), z, _CMP_LE_OQ);
-    _mm256_storeu_pd(dx + i, _mm256_andnot_pd(le, _mm256_loadu_pd(dy + i)));
-  }
-  if (i < n) {
-    const __m256i m = vec::tail_mask_pd(n - i);
-    const __m256d le = _mm256_cmp_pd(_mm256_maskload_pd(y + i, m), z, _CMP_LE_OQ);
-    _mm256_maskstore_pd(dx + i, m, _mm256_andnot_pd(le, _mm256_maskload_pd(dy + i, m)));
+    const __m256i m = A::mask(n - i);
+    A::mstore(dx + i, m, A::andnot(A::le(A::mload(y + i, m), z), A::mload(dy + i, m)));
   }
 }
 #endif
@@ -109,7 +80,7 @@ template <typename T>
 void relu_impl(const T* x, T* y, int64_t n) {
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
 #if FASTNN_HAVE_X86
-    if (cpu_has_avx2_fma()) return relu_avx2(x + b, y + b, e - b);
+    if (cpu_has_avx2_fma()) return relu_avx2<typename vec::Avx2Of<T>::type>(x + b, y + b, e - b);
 #endif
     relu_scalar(x + b, y + b, e - b);
   });
@@ -166,7 +137,8 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& ou
     scalar_t* pdx = dx.data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
 #if FASTNN_HAVE_X86
-      if (cpu_has_avx2_fma()) return relu_bwd_avx2(pdy + b, py + b, pdx + b, e - b);
+      if (cpu_has_avx2_fma())
+        return relu_bwd_avx2<typename vec::Avx2Of<scalar_t>::type>(pdy + b, py + b, pdx + b, e - b);
 #endif
       relu_bwd_scalar(pdy + b, py + b, pdx + b, e - b);
     });

@@ -266,6 +266,10 @@ struct F32x8 {
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V band(V a, V b) { return _mm256_and_ps(a, b); }
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a*b
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }  // a*b + c
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V broadcast(const T* p) { return _mm256_broadcast_ss(p); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V andnot(V a, V b) { return _mm256_andnot_ps(a, b); }  // ~a & b
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V le(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }  // false for NaN
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V exp(V v) { return exp_ps(v); }
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V exp_nonpos(V v) { return exp_nonpos_ps(v); }
   // v - (lane == k ? s : 0), k in [0, W)
@@ -307,6 +311,10 @@ struct F64x4 {
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V band(V a, V b) { return _mm256_and_pd(a, b); }
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V broadcast(const T* p) { return _mm256_broadcast_sd(p); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V andnot(V a, V b) { return _mm256_andnot_pd(a, b); }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V le(V a, V b) { return _mm256_cmp_pd(a, b, _CMP_LE_OQ); }
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V exp(V v) { return exp_pd(v); }
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V exp_nonpos(V v) { return exp_pd(v); }
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V sub_at_lane(V v, int64_t k, V s) {
