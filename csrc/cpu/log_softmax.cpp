@@ -12,7 +12,7 @@
 //   * inner == 1 (dim is the last dim): rows of D contiguous elements; per row one
 //     pass for the max, one for sum(exp(x - max)) and one writing y, all while the row
 //     is in L1. Rows are split across threads with at::parallel_for (grain: about
-//     16K elements per task, so small tensors run on the calling thread).
+//     64 KiB of input per task, so small tensors run on the calling thread).
 //   * inner > 1: no transposing copy; for each outer index, blocks of up to 128
 //     adjacent inner columns are processed together: the per-column max and sum of exp
 //     live in a small L1 scratch, and each pass (max, sum of exp, write) walks the D
@@ -42,7 +42,9 @@
 namespace fastnn {
 namespace {
 
-constexpr int64_t kGrainElems = 16384;  // ~elements of work per parallel task
+// Work per parallel task: 64 KiB of input (16K floats, 8K doubles: a double's exp costs
+// about twice a float's per element, so the tasks take about as long).
+constexpr int64_t kGrainBytes = 64 << 10;
 constexpr int64_t kColBlock = 128;      // inner columns per task when dim is not the last
 
 struct Geometry {
@@ -197,14 +199,16 @@ FASTNN_TARGET_AVX2 void bwd_cols_avx2(const typename A::T* dy, const typename A:
 template <typename T, class RowFn, class ColFn>
 void for_each_slice(const Geometry& g, const RowFn& row, const ColFn& cols) {
   const int64_t D = g.D, inner = g.inner;
+  constexpr int64_t grain_elems = kGrainBytes / static_cast<int64_t>(sizeof(T));
   if (inner == 1) {
-    const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(D, 1));
+    const int64_t grain = std::max<int64_t>(1, grain_elems / std::max<int64_t>(D, 1));
     at::parallel_for(0, g.outer, grain, [&](int64_t b, int64_t e) { row(b, e); });
     return;
   }
   constexpr int64_t W = kColBlock;
   const int64_t nblk = (inner + W - 1) / W;
-  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(D * std::min(W, inner), 1));
+  const int64_t grain =
+      std::max<int64_t>(1, grain_elems / std::max<int64_t>(D * std::min(W, inner), 1));
   at::parallel_for(0, g.outer * nblk, grain, [&](int64_t b, int64_t e) {
     for (int64_t u = b; u < e; ++u) {
       const int64_t o = u / nblk, j = (u % nblk) * W;
