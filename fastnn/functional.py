@@ -23,7 +23,6 @@ from . import _C, _ops
 
 __all__ = ["linear", "relu", "log_softmax", "nll_loss", "cross_entropy"]
 
-_HALF_TYPES = (torch.float16, torch.bfloat16)
 _DEVICES = ("cpu", "cuda", "meta")
 _C_WITH_CUDA = bool(_C.WITH_CUDA)
 
