@@ -13,6 +13,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -26,23 +27,26 @@ using autograd::AutogradContext;
 using autograd::variable_list;
 
 struct CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                               int64_t reduction, int64_t ignore_index) {
+  // The loss is the Function's only output; lse and total_weight leave through
+  // `side_out`. They are computed below autograd, so they carry no history (neither is
+  // differentiable), and the node needs no mark_non_differentiable, which compiled
+  // autograd does not support in C++ Functions.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                            int64_t reduction, int64_t ignore_index,
+                            std::array<at::Tensor, 2>* side_out) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [loss, lse, total_weight] =
         ops::cross_entropy_forward(input, target, weight, reduction, ignore_index);
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor()), lse, total_weight});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["ignore_index"] = ignore_index;
-    ctx->mark_non_differentiable({lse, total_weight});
-    ctx->set_materialize_grads(false);  // no zero tensors for lse's and total_weight's
-    return {loss, lse, total_weight};
+    *side_out = {lse, total_weight};
+    return loss;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(5);  // (input, target, weight, reduction, ignore_index)
-    if (!grads[0].defined()) return out;
+    variable_list out(6);  // (input, target, weight, reduction, ignore_index, side_out)
     const auto saved = ctx->get_saved_variables();
     {
       at::NoGradGuard no_grad;
@@ -64,8 +68,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_autograd(
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::cross_entropy_forward(input, target, weight, reduction, ignore_index);
   }
-  auto out = CrossEntropyFunction::apply(input, target, weight, reduction, ignore_index);
-  return {out[0], out[1], out[2]};
+  std::array<at::Tensor, 2> side;  // lse, total_weight
+  at::Tensor loss =
+      CrossEntropyFunction::apply(input, target, weight, reduction, ignore_index, &side);
+  return {loss, side[0], side[1]};
 }
 
 }  // namespace

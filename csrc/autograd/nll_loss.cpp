@@ -23,23 +23,25 @@ using autograd::AutogradContext;
 using autograd::variable_list;
 
 struct NLLLossFunction : public torch::autograd::Function<NLLLossFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                               int64_t reduction, int64_t ignore_index) {
+  // The loss is the Function's only output; total_weight leaves through `total_weight_out`.
+  // It is computed below autograd, so it carries no history (natively it is not
+  // differentiable either), and the node needs no mark_non_differentiable, which
+  // compiled autograd does not support in C++ Functions.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                            int64_t reduction, int64_t ignore_index, at::Tensor* total_weight_out) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [loss, total_weight] =
         ops::nll_loss_forward(input, target, weight, reduction, ignore_index);
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor()), total_weight});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["ignore_index"] = ignore_index;
-    ctx->mark_non_differentiable({total_weight});
-    ctx->set_materialize_grads(false);  // no zero tensor for total_weight's gradient
-    return {loss, total_weight};
+    *total_weight_out = total_weight;
+    return loss;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(5);  // (input, target, weight, reduction, ignore_index)
-    if (!grads[0].defined()) return out;
+    variable_list out(6);  // (input, target, weight, reduction, ignore_index, total_weight_out)
     const auto saved = ctx->get_saved_variables();
     {
       at::NoGradGuard no_grad;
@@ -60,8 +62,10 @@ std::tuple<at::Tensor, at::Tensor> nll_loss_forward_autograd(
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::nll_loss_forward(input, target, weight, reduction, ignore_index);
   }
-  auto out = NLLLossFunction::apply(input, target, weight, reduction, ignore_index);
-  return {out[0], out[1]};
+  at::Tensor total_weight;
+  at::Tensor loss =
+      NLLLossFunction::apply(input, target, weight, reduction, ignore_index, &total_weight);
+  return {loss, total_weight};
 }
 
 }  // namespace

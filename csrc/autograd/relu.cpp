@@ -40,17 +40,23 @@ struct ReLUFunction : public torch::autograd::Function<ReLUFunction> {
 };
 
 struct ReLUInplaceFunction : public torch::autograd::Function<ReLUInplaceFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input) {
+  // `ctx_out` hands the context back to the caller, which clears its dirty set once
+  // apply has used it (see relu_forward_inplace_autograd).
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
+                            AutogradContext** ctx_out) {
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       ops::relu_forward_(input);
     }
     ctx->mark_dirty({input});  // also bumps input's version counter
     ctx->save_for_backward({input});
+    *ctx_out = ctx;
     return input;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return relu_grad(ctx, grads);
+    auto out = relu_grad(ctx, grads);
+    out.emplace_back();  // no gradient for ctx_out
+    return out;
   }
 };
 
@@ -73,7 +79,12 @@ void relu_forward_inplace_autograd(const at::Tensor& input) {
     torch::autograd::impl::bump_version(input);
     return;
   }
-  ReLUInplaceFunction::apply(input);
+  AutogradContext* ctx = nullptr;
+  ReLUInplaceFunction::apply(input, &ctx);
+  // apply has bumped input's version and moved its history onto the new node: the dirty
+  // set has done its job. Clearing it lets compiled autograd take the node (it refuses a
+  // C++ node whose context still lists dirty inputs); eager backward never reads it.
+  ctx->mark_dirty({});
 }
 
 }  // namespace
