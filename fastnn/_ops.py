@@ -26,55 +26,55 @@ def reduction_enum(reduction: str) -> int:
 # ----------------------------------------------------------------------------- wrappers
 
 def linear_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    return _ops.linear_forward(input, weight, bias)
+    return _ops.linear_forward.default(input, weight, bias)
 
 
 def linear_backward(grad_output: Tensor, input: Tensor, weight: Tensor, output_mask: List[bool]
                     ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    return _ops.linear_backward(grad_output, input, weight, output_mask)
+    return _ops.linear_backward.default(grad_output, input, weight, output_mask)
 
 
 def relu_forward(input: Tensor) -> Tensor:
-    return _ops.relu_forward(input)
+    return _ops.relu_forward.default(input)
 
 
 def relu_forward_(input: Tensor) -> Tensor:
-    _ops.relu_forward_(input)
+    _ops.relu_forward_.default(input)
     return input
 
 
 def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:
-    return _ops.relu_backward(grad_output, output)
+    return _ops.relu_backward.default(grad_output, output)
 
 
 def log_softmax_forward(input: Tensor, dim: int) -> Tensor:
-    return _ops.log_softmax_forward(input, dim)
+    return _ops.log_softmax_forward.default(input, dim)
 
 
 def log_softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
-    return _ops.log_softmax_backward(grad_output, output, dim)
+    return _ops.log_softmax_backward.default(grad_output, output, dim)
 
 
 def nll_loss_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int,
                      ignore_index: int) -> Tuple[Tensor, Tensor]:
-    return _ops.nll_loss_forward(input, target, weight, reduction, ignore_index)
+    return _ops.nll_loss_forward.default(input, target, weight, reduction, ignore_index)
 
 
 def nll_loss_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight: Optional[Tensor],
                       reduction: int, ignore_index: int, total_weight: Tensor) -> Tensor:
-    return _ops.nll_loss_backward(grad_output, input, target, weight, reduction, ignore_index,
+    return _ops.nll_loss_backward.default(grad_output, input, target, weight, reduction, ignore_index,
                                   total_weight)
 
 
 def cross_entropy_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int,
                           ignore_index: int) -> Tuple[Tensor, Tensor, Tensor]:
-    return _ops.cross_entropy_forward(input, target, weight, reduction, ignore_index)
+    return _ops.cross_entropy_forward.default(input, target, weight, reduction, ignore_index)
 
 
 def cross_entropy_backward(grad_output: Tensor, input: Tensor, target: Tensor,
                            weight: Optional[Tensor], reduction: int, ignore_index: int,
                            lse: Tensor, total_weight: Tensor) -> Tensor:
-    return _ops.cross_entropy_backward(grad_output, input, target, weight, reduction,
+    return _ops.cross_entropy_backward.default(grad_output, input, target, weight, reduction,
                                        ignore_index, lse, total_weight)
 
 
