@@ -23,6 +23,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from fastnn.train import cpu_name
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 Call = Callable[[], object]
@@ -197,17 +199,6 @@ def copy_bandwidth(device, nbytes: int, budget: Budget) -> float:
 
 
 # ----------------------------------------------------------------------------- machine info
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def git_revision() -> Optional[str]:
     try:

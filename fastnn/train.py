@@ -203,12 +203,13 @@ def machine_line(device: torch.device) -> str:
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
-        where = _cpu_name()
+        where = cpu_name()
     return (f"device {device} ({where}), torch {torch.__version__}, "
             f"{torch.get_num_threads()} CPU threads")
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), for reports."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

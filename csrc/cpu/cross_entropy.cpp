@@ -324,45 +324,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
     int64_t reduction, int64_t ignore_index) {
   constexpr const char* op = "cross_entropy_forward";
   const LossShape sh = check_loss_inputs(op, input, target, weight, reduction);
-  const bool has_w = weight.has_value() && weight->defined();
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
-  c10::MaybeOwned<at::Tensor> w =
-      has_w ? weight->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(std::in_place);
-  const bool none = reduction == at::Reduction::None;
-  at::Tensor loss = none ? dense_empty(target.sizes(), input) : dense_empty({}, input);
+  const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
+  at::Tensor loss = loss_output(target, input, reduction);
   at::Tensor lse = dense_empty(target.sizes(), input);
   at::Tensor total_weight = dense_empty({}, input);
-  const int64_t P = sh.N * sh.S;
   const Args a{sh.C, sh.S, ignore_index};
 
   FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_forward", [&] {
     const scalar_t* px = x->const_data_ptr<scalar_t>();
     const int64_t* pt = tg->const_data_ptr<int64_t>();
-    const scalar_t* pw = has_w ? w->const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* pout = none ? loss.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pw = weight_data<scalar_t>(*w);
+    scalar_t* pout = reduction == at::Reduction::None ? loss.data_ptr<scalar_t>() : nullptr;
     scalar_t* pl = lse.data_ptr<scalar_t>();
     const int64_t chunk = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(sh.C, 1));
-    const int64_t nchunks = (P + chunk - 1) / chunk;
-    LossPartial tot;
-    if (nchunks <= 1) {
-      tot = forward_range(px, pt, pw, pout, pl, 0, P, a);
-    } else {
-      std::vector<LossPartial> parts(nchunks);
-      at::parallel_for(0, nchunks, kChunksPerTask, [&](int64_t b, int64_t e) {
-        for (int64_t c = b; c < e; ++c)
-          parts[c] = forward_range(px, pt, pw, pout, pl, c * chunk, std::min(P, (c + 1) * chunk), a);
-      });
-      for (const LossPartial& q : parts) {  // fixed order: independent of the thread count
-        tot.loss += q.loss;
-        tot.weight += q.weight;
-      }
-    }
-    *total_weight.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.weight);
-    if (reduction == at::Reduction::Mean)
-      *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.loss / tot.weight);  // 0/0 = NaN
-    else if (reduction == at::Reduction::Sum)
-      *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.loss);
+    const LossPartial total =
+        reduce_in_chunks(sh.N * sh.S, chunk, kChunksPerTask, [&](int64_t p0, int64_t p1) {
+          return forward_range(px, pt, pw, pout, pl, p0, p1, a);
+        });
+    write_reduced<scalar_t>(total, reduction, loss, total_weight);
   });
   return {loss, lse, total_weight};
 }
@@ -380,13 +361,11 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
   check_same_dtype(op, "lse", lse, "input", input);
   check_same_device(op, "lse", lse, "input", input);
   check_same_shape(op, "lse", lse, "target", target);
-  const bool has_w = weight.has_value() && weight->defined();
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> go = grad_output.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> l = lse.expect_contiguous();
-  c10::MaybeOwned<at::Tensor> w =
-      has_w ? weight->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(std::in_place);
+  const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
   at::Tensor grad_input = dense_empty(input.sizes(), input);
   if (sh.N * sh.S == 0 || grad_input.numel() == 0) return grad_input;
   const Args a{sh.C, sh.S, ignore_index};
@@ -398,7 +377,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
              : (reduction == at::Reduction::Mean ? pg[0] / *total_weight.const_data_ptr<scalar_t>()
                                                  : pg[0]);
     backward_run<scalar_t>(x->const_data_ptr<scalar_t>(), tg->const_data_ptr<int64_t>(),
-                           has_w ? w->const_data_ptr<scalar_t>() : nullptr, none ? pg : nullptr,
+                           weight_data<scalar_t>(*w), none ? pg : nullptr,
                            g_red, l->const_data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(),
                            sh.N, a);
   });

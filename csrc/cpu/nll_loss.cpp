@@ -69,42 +69,22 @@ std::tuple<at::Tensor, at::Tensor> nll_loss_forward_cpu(const at::Tensor& input,
                                                         int64_t reduction, int64_t ignore_index) {
   constexpr const char* op = "nll_loss_forward";
   const LossShape sh = check_loss_inputs(op, input, target, weight, reduction);
-  const bool has_w = weight.has_value() && weight->defined();
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
-  c10::MaybeOwned<at::Tensor> w =
-      has_w ? weight->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(std::in_place);
-  const bool none = reduction == at::Reduction::None;
-  at::Tensor loss = none ? dense_empty(target.sizes(), input) : dense_empty({}, input);
+  const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
+  at::Tensor loss = loss_output(target, input, reduction);
   at::Tensor total_weight = dense_empty({}, input);
-  const int64_t P = sh.N * sh.S;
 
   FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::nll_loss_forward", [&] {
     const scalar_t* px = x->const_data_ptr<scalar_t>();
     const int64_t* pt = tg->const_data_ptr<int64_t>();
-    const scalar_t* pw = has_w ? w->const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* pout = none ? loss.data_ptr<scalar_t>() : nullptr;
-    const int64_t nchunks = (P + kChunk - 1) / kChunk;
-    LossPartial tot;
-    if (nchunks <= 1) {
-      tot = forward_chunk(px, pt, pw, pout, 0, P, sh.C, sh.S, ignore_index);
-    } else {
-      std::vector<LossPartial> parts(nchunks);
-      at::parallel_for(0, nchunks, kChunksPerTask, [&](int64_t b, int64_t e) {
-        for (int64_t c = b; c < e; ++c)
-          parts[c] = forward_chunk(px, pt, pw, pout, c * kChunk, std::min(P, (c + 1) * kChunk),
-                                   sh.C, sh.S, ignore_index);
-      });
-      for (const LossPartial& q : parts) {  // fixed order: independent of the thread count
-        tot.loss += q.loss;
-        tot.weight += q.weight;
-      }
-    }
-    *total_weight.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.weight);
-    if (reduction == at::Reduction::Mean)
-      *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.loss / tot.weight);  // 0/0 = NaN
-    else if (reduction == at::Reduction::Sum)
-      *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(tot.loss);
+    const scalar_t* pw = weight_data<scalar_t>(*w);
+    scalar_t* pout = reduction == at::Reduction::None ? loss.data_ptr<scalar_t>() : nullptr;
+    const LossPartial total =
+        reduce_in_chunks(sh.N * sh.S, kChunk, kChunksPerTask, [&](int64_t p0, int64_t p1) {
+          return forward_chunk(px, pt, pw, pout, p0, p1, sh.C, sh.S, ignore_index);
+        });
+    write_reduced<scalar_t>(total, reduction, loss, total_weight);
   });
   return {loss, total_weight};
 }
@@ -117,11 +97,9 @@ at::Tensor nll_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor
   const LossShape sh = check_loss_backward_inputs(op, grad_output, input, target, weight, reduction,
                                                   total_weight);
   const bool none = reduction == at::Reduction::None;
-  const bool has_w = weight.has_value() && weight->defined();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> go = grad_output.expect_contiguous();
-  c10::MaybeOwned<at::Tensor> w =
-      has_w ? weight->expect_contiguous() : c10::MaybeOwned<at::Tensor>::owned(std::in_place);
+  const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
   at::Tensor grad_input = dense_empty(input.sizes(), input);
   const int64_t P = sh.N * sh.S, C = sh.C, S = sh.S;
   if (grad_input.numel() == 0) return grad_input;
@@ -136,7 +114,7 @@ at::Tensor nll_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor
 
   FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::nll_loss_backward", [&] {
     const int64_t* pt = tg->const_data_ptr<int64_t>();
-    const scalar_t* pw = has_w ? w->const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pw = weight_data<scalar_t>(*w);
     const scalar_t* pg = go->const_data_ptr<scalar_t>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
     // same expression as aten: -(mean ? go / total_weight : go), times w[t]

@@ -121,11 +121,7 @@ void relu_forward_inplace_cpu(const at::Tensor& input) {
 
 at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& output) {
   constexpr const char* op = "relu_backward";
-  check_floating(op, "output", output);
-  check_floating(op, "grad_output", grad_output);
-  check_same_dtype(op, "grad_output", grad_output, "output", output);
-  check_same_device(op, "grad_output", grad_output, "output", output);
-  check_same_shape(op, "grad_output", grad_output, "output", output);
+  check_grad_of_output(op, grad_output, output);
   const c10::MaybeOwned<at::Tensor> dy = grad_output.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> y = output.expect_contiguous();
   at::Tensor dx = dense_empty(output.sizes(), output);

@@ -387,11 +387,7 @@ at::Tensor log_softmax_forward_cuda(const at::Tensor& input, int64_t dim) {
 at::Tensor log_softmax_backward_cuda(const at::Tensor& grad_output, const at::Tensor& output,
                                      int64_t dim) {
   constexpr const char* op = "log_softmax_backward";
-  check_floating(op, "grad_output", grad_output);
-  check_floating(op, "output", output);
-  check_same_dtype(op, "grad_output", grad_output, "output", output);
-  check_same_device(op, "grad_output", grad_output, "output", output);
-  check_same_shape(op, "grad_output", grad_output, "output", output);
+  check_grad_of_output(op, grad_output, output);
   const int64_t d = wrap_dim(op, dim, output.dim());
   c10::cuda::CUDAGuard guard(output.device());
   const at::Tensor dy = grad_output.contiguous();

@@ -169,11 +169,7 @@ void relu_forward_inplace_cuda(const at::Tensor& input) {
 
 at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& output) {
   constexpr const char* op = "relu_backward";
-  check_floating(op, "grad_output", grad_output);
-  check_floating(op, "output", output);
-  check_same_dtype(op, "grad_output", grad_output, "output", output);
-  check_same_device(op, "grad_output", grad_output, "output", output);
-  check_same_shape(op, "grad_output", grad_output, "output", output);
+  check_grad_of_output(op, grad_output, output);
   c10::cuda::CUDAGuard guard(output.device());
   const at::Tensor dy = grad_output.contiguous();
   const at::Tensor y = output.contiguous();

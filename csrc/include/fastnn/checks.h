@@ -56,6 +56,17 @@ inline void check_same_shape(const char* op, const char* arg, const at::Tensor& 
 
 // Wraps a possibly negative `dim` into [0, ndim) like PyTorch does; a 0-d
 // tensor accepts dim 0 and -1.
+// The inputs of an elementwise backward (relu_backward, log_softmax_backward): a
+// gradient of the forward's output, so the same dtype, device and shape as it.
+inline void check_grad_of_output(const char* op, const at::Tensor& grad_output,
+                                 const at::Tensor& output) {
+  check_floating(op, "output", output);
+  check_floating(op, "grad_output", grad_output);
+  check_same_dtype(op, "grad_output", grad_output, "output", output);
+  check_same_device(op, "grad_output", grad_output, "output", output);
+  check_same_shape(op, "grad_output", grad_output, "output", output);
+}
+
 inline int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
   const int64_t n = ndim == 0 ? 1 : ndim;
   TORCH_CHECK_INDEX(dim >= -n && dim < n, "fastnn::", op, ": dim ", dim,
