@@ -118,10 +118,17 @@ def test_compile_mlp_inductor(device, loss):
 
 _TARGET = torch.tensor([3, 0, 9, 1, 4, 4, 7, 2])
 _WEIGHT = torch.linspace(0.5, 2.0, 10)
+def _relu_inplace_on_view(x):
+    y = x * 1.0
+    FF.relu(y[:, 2:7], inplace=True)  # rebases y's history through a CopySlices node
+    return y
+
+
 _GRAPHS = {
     "linear": lambda x, w: FF.linear(x, w, w[0]),
     "relu": lambda x, w: FF.relu(x),
     "relu_inplace": lambda x, w: FF.relu(x * 1.0, inplace=True),
+    "relu_inplace_view": lambda x, w: _relu_inplace_on_view(x),
     "log_softmax": lambda x, w: FF.log_softmax(x, dim=1),
     "nll_loss": lambda x, w: FF.nll_loss(x, _TARGET.to(x.device), weight=_WEIGHT.to(x.device),
                                          ignore_index=4),
