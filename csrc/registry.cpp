@@ -67,8 +67,9 @@ TORCH_LIBRARY(fastnn, m) {
       " int reduction, int ignore_index, Tensor total_weight) -> Tensor");
 
   // Fused cross-entropy = log_softmax over dim 1 + NLL, for class-index targets.
-  // Returns (loss, lse, total_weight); lse holds the per-row log-sum-exp
-  // (shape of target) so backward can form softmax without saving log-probs.
+  // Returns (loss, lse, total_weight); lse holds each row's log-sum-exp as the pair
+  // (max, log(sum(exp(x - max)))) (target's shape plus a last dim of 2), so backward
+  // can form the softmax, rounded as log_softmax's, without saving log-probs.
   m.def(
       "cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index)"
       " -> (Tensor, Tensor, Tensor)");

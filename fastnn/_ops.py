@@ -80,6 +80,14 @@ def cross_entropy_backward(grad_output: Tensor, input: Tensor, target: Tensor,
 
 # ----------------------------------------------------------------------------- fake kernels
 
+def _check_one_device(op: str, *tensors: Optional[Tensor]) -> None:
+    # Also reached outside tracing: a call mixing meta and real tensors dispatches to these
+    # kernels (Meta outranks the other devices), and would otherwise return garbage.
+    devices = {t.device for t in tensors if t is not None}
+    torch._check(len(devices) <= 1, lambda: f"fastnn::{op}: all tensors must be on one device, "
+                                            f"got {sorted(str(d) for d in devices)}")
+
+
 def _dense(t: Tensor, shape=None, dtype=None) -> Tensor:
     return t.new_empty(t.shape if shape is None else shape, dtype=dtype or t.dtype)
 
@@ -91,6 +99,7 @@ def _lse_dtype(input: Tensor) -> torch.dtype:
 
 @torch.library.register_fake("fastnn::linear_forward")
 def _(input, weight, bias):
+    _check_one_device("linear_forward", input, weight, bias)
     torch._check(weight.dim() == 2, lambda: "fastnn::linear_forward: weight must be 2-D")
     torch._check(input.dim() >= 1, lambda: "fastnn::linear_forward: input must be at least 1-D")
     torch._check(input.shape[-1] == weight.shape[1],
@@ -100,6 +109,7 @@ def _(input, weight, bias):
 
 @torch.library.register_fake("fastnn::linear_backward")
 def _(grad_output, input, weight, output_mask):
+    _check_one_device("linear_backward", grad_output, input, weight)
     return (_dense(input) if output_mask[0] else None,
             _dense(weight) if output_mask[1] else None,
             _dense(weight, (weight.shape[0],)) if output_mask[2] else None)
@@ -117,6 +127,7 @@ def _(input):
 
 @torch.library.register_fake("fastnn::relu_backward")
 def _(grad_output, output):
+    _check_one_device("relu_backward", grad_output, output)
     return _dense(output)
 
 
@@ -127,6 +138,7 @@ def _(input, dim):
 
 @torch.library.register_fake("fastnn::log_softmax_backward")
 def _(grad_output, output, dim):
+    _check_one_device("log_softmax_backward", grad_output, output)
     return _dense(output)
 
 
@@ -136,21 +148,26 @@ def _loss_shape(target: Tensor, reduction: int):
 
 @torch.library.register_fake("fastnn::nll_loss_forward")
 def _(input, target, weight, reduction, ignore_index):
+    _check_one_device("nll_loss_forward", input, target, weight)
     return _dense(input, _loss_shape(target, reduction)), _dense(input, ())
 
 
 @torch.library.register_fake("fastnn::nll_loss_backward")
 def _(grad_output, input, target, weight, reduction, ignore_index, total_weight):
+    _check_one_device("nll_loss_backward", grad_output, input, target, weight, total_weight)
     return _dense(input)
 
 
 @torch.library.register_fake("fastnn::cross_entropy_forward")
 def _(input, target, weight, reduction, ignore_index):
+    _check_one_device("cross_entropy_forward", input, target, weight)
     return (_dense(input, _loss_shape(target, reduction)),
-            _dense(input, target.shape, _lse_dtype(input)),
+            _dense(input, (*target.shape, 2), _lse_dtype(input)),  # (max, log-sum) pairs
             _dense(input, ()))
 
 
 @torch.library.register_fake("fastnn::cross_entropy_backward")
 def _(grad_output, input, target, weight, reduction, ignore_index, lse, total_weight):
+    _check_one_device("cross_entropy_backward", grad_output, input, target, weight, lse,
+                      total_weight)
     return _dense(input)

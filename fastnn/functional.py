@@ -93,17 +93,19 @@ def _reduction_of(size_average, reduce, reduction: str) -> int:
     return _ops.reduction_enum(reduction)
 
 
-def _loss_inputs(op: str, input: Tensor, weight: Optional[Tensor]):
+def _loss_inputs(op: str, input: Tensor, target: Tensor, weight: Optional[Tensor]):
     _check_device(op, input)
     if _autocast_dtype(input) is not None:
         input, weight = _cast(input, torch.float32), _cast(weight, torch.float32)
-    return input, weight
+    if target.dtype == torch.uint8:  # native takes byte class indices too
+        target = target.long()
+    return input, target, weight
 
 
 def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, size_average=None,
              ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
     red = _reduction_of(size_average, reduce, reduction)
-    input, weight = _loss_inputs("nll_loss", input, weight)
+    input, target, weight = _loss_inputs("nll_loss", input, target, weight)
     return _ops.nll_loss_forward(input, target, weight, red, ignore_index)[0]
 
 
@@ -115,6 +117,6 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
             "fastnn.cross_entropy supports class-index targets without label smoothing; for "
             "probability targets or label_smoothing > 0 use torch.nn.functional.cross_entropy.")
     red = _reduction_of(size_average, reduce, reduction)
-    input, weight = _loss_inputs("cross_entropy", input, weight)
+    input, target, weight = _loss_inputs("cross_entropy", input, target, weight)
     return _ops.cross_entropy_forward(input, target, weight, red, ignore_index)[0]
 

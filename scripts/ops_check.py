@@ -324,10 +324,13 @@ def check_losses():
                         close(name + " total_weight", tw, ref_total_weight(t, w, ii, C), dtype,
                               shape=(), out_dtype=dtype)
                         if kind == "ce":
-                            lse = out[1]
+                            lse = out[1]  # (max, log-sum) pairs
                             lref = torch.logsumexp(x.double(), 1 if len(xs) > 1 else 0)
                             adt = torch.float64 if dtype == torch.float64 else torch.float32
-                            close(name + " lse", lse, lref, adt, shape=ts, out_dtype=adt)
+                            if tuple(lse.shape) != (*ts, 2):
+                                fail(f"{name} lse: shape {tuple(lse.shape)} != {(*ts, 2)}")
+                            else:
+                                close(name + " lse", lse.sum(-1), lref, adt, shape=ts, out_dtype=adt)
                         check_cpu(name, "nll_loss_forward" if kind == "nll" else
                                   "cross_entropy_forward", (x, t, w, red, ii), out, dtype)
                         # backward

@@ -125,3 +125,26 @@ def test_relu_inplace_bumps_version_once_like_native(device):
         FF.relu(h1, inplace=True)
         assert h1._version - v1 == h0._version - v0 == 1
         assert torch.equal(h1, h0)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_relu_inplace_bumps_version_without_autograd(device, mode):
+    """Under no_grad / inference_mode an in-place ReLU on a normal tensor still bumps its
+    version, so overwriting a tensor saved for backward is caught, as natively."""
+    guard = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    for relu in (torch.relu_, lambda t: FF.relu(t, inplace=True)):
+        x = randn(5, device=device).requires_grad_()
+        s = torch.tanh(x)  # saves its output for backward
+        v = s._version
+        with guard():
+            relu(s.detach())
+        assert s._version == v + 1
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            s.sum().backward()
+
+
+def test_relu_inplace_on_inference_tensor(device):
+    with torch.inference_mode():
+        x = randn(5, device=device)
+        y = FF.relu(x, inplace=True)
+        assert y is x and x.is_inference() and bool((x >= 0).all())

@@ -120,16 +120,17 @@ LOSS_IDS = ["nll", "ce"]
 
 @pytest.mark.parametrize("fn", LOSSES, ids=LOSS_IDS)
 def test_loss_target_shape(fn):
+    """Shape mismatches are ValueErrors, as natively."""
     x = torch.randn(4, 5)
-    with pytest.raises(RuntimeError, match="does not match"):
+    with pytest.raises(ValueError, match="does not match"):
         fn(x, torch.zeros(4, 5, dtype=torch.long))  # 2-D target for a 2-D input
-    with pytest.raises(RuntimeError, match="does not match"):
+    with pytest.raises(ValueError, match="does not match"):
         fn(x, torch.zeros(3, dtype=torch.long))     # wrong batch
-    with pytest.raises(RuntimeError, match="does not match"):
+    with pytest.raises(ValueError, match="does not match"):
         fn(torch.randn(2, 5, 3), torch.zeros(2, 4, dtype=torch.long))
-    with pytest.raises(RuntimeError, match="0-d"):
+    with pytest.raises(ValueError, match="0-d"):
         fn(torch.randn(5), torch.zeros(1, dtype=torch.long))
-    with pytest.raises(RuntimeError, match="0-d"):
+    with pytest.raises(ValueError, match="0-d"):
         fn(torch.tensor(1.0), torch.tensor(0))
 
 
@@ -160,8 +161,9 @@ def test_loss_target_dtype(fn):
     x = torch.randn(4, 5)
     with pytest.raises(RuntimeError, match="int64"):
         fn(x, torch.zeros(4, dtype=torch.int32))
-    with pytest.raises(RuntimeError, match="int64"):
-        fn(x, torch.zeros(4, dtype=torch.uint8))
+    # byte class indices are accepted, as natively
+    t8 = torch.tensor([0, 4, 2, 1], dtype=torch.uint8)
+    assert torch.equal(fn(x, t8), fn(x, t8.long()))
     if fn is FF.nll_loss:
         with pytest.raises(RuntimeError, match="int64"):
             fn(x, torch.zeros(4, dtype=torch.float32))
@@ -190,8 +192,9 @@ def test_loss_bad_reduction_enum():
 def test_loss_backward_bad_aux_inputs():
     x, t = torch.randn(4, 5), torch.zeros(4, dtype=torch.long)
     loss, lse, tw = ops.cross_entropy_forward(x, t, None, 1, -100)
-    with pytest.raises(RuntimeError):  # lse of the wrong shape
-        ops.cross_entropy_backward(torch.tensor(1.0), x, t, None, 1, -100, torch.zeros(3), tw)
+    for bad_lse in (torch.zeros(3), torch.zeros(4), lse[:, :1]):  # lse of the wrong shape
+        with pytest.raises(RuntimeError, match="lse"):
+            ops.cross_entropy_backward(torch.tensor(1.0), x, t, None, 1, -100, bad_lse, tw)
     with pytest.raises(RuntimeError):  # grad_output of the wrong shape for reduction='none'
         ops.nll_loss_backward(torch.ones(3), x, t, None, 0, -100, tw)
     with pytest.raises(RuntimeError):
@@ -270,3 +273,13 @@ def test_cuda_out_of_bounds_target_does_not_crash(fn):
             f"    print('raised', type(e).__name__)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "raised" in r.stdout or "nan" in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
+
+
+def test_meta_tensor_mixed_with_real_ones():
+    """A meta tensor among real ones dispatches to the fake kernels: refused, not garbage."""
+    x, t = torch.randn(4, 5), torch.zeros(4, dtype=torch.long)
+    meta_t, meta_w = t.to("meta"), torch.ones(5, device="meta")
+    for call in (lambda: FF.nll_loss(x, meta_t), lambda: FF.cross_entropy(x, t, meta_w),
+                 lambda: FF.linear(x, torch.randn(3, 5, device="meta"))):
+        with pytest.raises(RuntimeError, match="one device"):
+            call()

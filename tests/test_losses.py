@@ -151,6 +151,44 @@ def test_cross_entropy_large_logits(device, dtype, reduction):
 
 
 @pytest.mark.dtypes(torch.float32, torch.float64)
+@pytest.mark.parametrize("offset", [0.0, 1e2, 1e4, 1e8], ids=lambda o: f"offset{o:g}")
+@pytest.mark.parametrize("shape", [(64, 10), (16, 300), (4, 10, 6)], ids=str)
+def test_cross_entropy_grad_at_large_offsets(device, dtype, offset, shape):
+    """The backward's softmax is rounded like native log_softmax's, (x - max) - log-sum,
+    so shifting every logit by a large constant costs no more accuracy than natively
+    (a single saved max + log-sum would lose half an ulp of the offset)."""
+    x = randn(*shape, dtype=torch.float64, device=device, scale=3) + offset
+    x = x.to(dtype)  # the test's logits, exactly representable in dtype
+    t = torch.randint(0, shape[1], (shape[0],) + shape[2:], device=device)
+    ref = leaf(x.double())
+    F.cross_entropy(ref, t, reduction="sum").backward()
+    errs = []
+    for f in (F, FF):
+        a = leaf(x)
+        f.cross_entropy(a, t, reduction="sum").backward()
+        errs.append((a.grad.double() - ref.grad).abs().max().item())
+    native_err, fastnn_err = errs
+    assert fastnn_err <= 4 * native_err + 8 * torch.finfo(dtype).eps, (fastnn_err, native_err)
+
+
+def test_cross_entropy_grad_of_equal_huge_logits(device):
+    x = torch.full((1, 4), 1e8, device=device, requires_grad=True)
+    FF.cross_entropy(x, torch.tensor([0], device=device)).backward()
+    assert x.grad.tolist() == [[-0.75, 0.25, 0.25, 0.25]]
+
+
+def test_cross_entropy_lse_parts(device, dtype):
+    """The raw op's lse holds (max, log(sum(exp(x - max)))) per position."""
+    x = randn(6, 9, dtype=dtype, device=device)
+    t = torch.randint(0, 9, (6,), device=device)
+    _, lse, _ = torch.ops.fastnn.cross_entropy_forward(x, t, None, 1, -100)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert lse.shape == (6, 2) and lse.dtype == acc
+    assert torch.equal(lse[:, 0], x.to(acc).amax(1))
+    torch.testing.assert_close(lse.sum(1), torch.logsumexp(x.to(acc), 1))
+
+
+@pytest.mark.dtypes(torch.float32, torch.float64)
 def test_cross_entropy_neg_inf_logits(device, dtype):
     """-inf logits off the target are fine natively (probability 0): same here."""
     x = randn(4, 6, dtype=dtype, device=device)

@@ -1,11 +1,12 @@
 // fastnn fused cross-entropy under autograd: the Autograd-key kernel of
 // fastnn::cross_entropy_forward.
 //
-// Forward:  lse_i  = log(sum_c exp(x[i, c]))
-//           loss_i = w[t_i] * (lse_i - x[i, t_i]) (0 where t_i == ignore_index), reduced
-//           x (N, C), (C) or (N, C, d1, ...); also returns lse (shape of t) and
-//           total_weight, neither differentiable.
-// Backward: dx[i, c] = g_i * w[t_i] * (exp(x[i, c] - lse_i) - [c == t_i])
+// Forward:  m_i = max_c x[i, c],  lg_i = log(sum_c exp(x[i, c] - m_i))
+//           loss_i = -w[t_i] * ((x[i, t_i] - m_i) - lg_i) (0 where t_i == ignore_index),
+//           reduced; x (N, C), (C) or (N, C, d1, ...); also returns lse = the pairs
+//           (m_i, lg_i) (shape of t plus a last dim of 2) and total_weight, neither
+//           differentiable.
+// Backward: dx[i, c] = g_i * w[t_i] * (exp((x[i, c] - m_i) - lg_i) - [c == t_i])
 //           (g / total_weight for 'mean'); one kernel, softmax recomputed from lse.
 //           No gradient flows to the target or to the class weights, as natively.
 // Saved for backward: x, t, w, lse and total_weight (no log-probabilities). The device

@@ -70,13 +70,8 @@ at::Tensor relu_forward_autograd(const at::Tensor& input) {
 
 void relu_forward_inplace_autograd(const at::Tensor& input) {
   if (!autograd::needs_graph(input)) {
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      ops::relu_forward_(input);
-    }
-    // An in-place op bumps the version counter, as native relu_ does, so autograd
-    // catches a tensor it saved being overwritten.
-    torch::autograd::impl::bump_version(input);
+    at::AutoDispatchBelowAutograd below_autograd;
+    ops::relu_forward_(input);  // through relu_forward_inplace_view: bumps the version
     return;
   }
   AutogradContext* ctx = nullptr;
@@ -87,11 +82,28 @@ void relu_forward_inplace_autograd(const at::Tensor& input) {
   ctx->mark_dirty({});
 }
 
+// The ADInplaceOrView kernel of the in-place op. An in-place op bumps its input's version
+// counter, as native relu_ does, so that autograd catches a tensor it saved being
+// overwritten: here for calls that record no graph, also under torch.inference_mode()
+// where the Autograd kernel does not run (inference tensors, which have no version
+// counter, skip this key). With a graph, mark_dirty bumps it instead.
+void relu_forward_inplace_view(const at::Tensor& input) {
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    ops::relu_forward_(input);
+  }
+  torch::autograd::impl::bump_version(input);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastnn, Autograd, m) {
   m.impl("relu_forward", &relu_forward_autograd);
   m.impl("relu_forward_", &relu_forward_inplace_autograd);
+}
+
+TORCH_LIBRARY_IMPL(fastnn, ADInplaceOrView, m) {
+  m.impl("relu_forward_", &relu_forward_inplace_view);
 }
 
 }  // namespace fastnn

@@ -4,14 +4,16 @@
 // Shapes (see loss_shapes.h): input (C), (N, C) or (N, C, d1, ..., dk) viewed as a dense
 // [N, C, S]; target () / (N) / (N, d1, ..., dk) viewed as [N, S]; optional weight (C).
 // Forward, per position p = (n, s), over the C logits x[n, :, s]:
-//   m = max_c x,  ls = log(sum_c exp(x - m)),  lse[n, s] = m + ls   (lse: target's shape)
+//   m = max_c x,  ls = log(sum_c exp(x - m)),  lse[n, s, :] = (m, ls)
+//   (lse: the target's shape plus a last dim of 2; see lse_shape in loss_shapes.h)
 //   loss[n, s] = -w[t] * ((x[n, t, s] - m) - ls)  for t = target[n, s] != ignore_index
 //   total_weight = sum of w[t] over non-ignored positions (0-dim, every reduction)
 //   reduction none -> loss (target's shape, 0 where ignored); sum -> sum of loss;
 //   mean -> sum of loss / total_weight (NaN when nothing is counted, like torch).
 // Backward (from the saved lse, no saved log-probs), g = grad_output[n, s] (none),
 // grad_output (sum) or grad_output / total_weight (mean):
-//   grad[n, c, s] = g * w[t] * (exp(x[n, c, s] - lse[n, s]) - [c == t]),  0 if ignored.
+//   grad[n, c, s] = g * w[t] * (exp((x[n, c, s] - m) - ls) - [c == t]),  0 if ignored,
+//   the softmax rounded as native log_softmax's output is.
 // Targets outside [0, C) other than ignore_index raise IndexError.
 //
 // Work split:
@@ -73,6 +75,13 @@ inline void add_loss(LossPartial& acc, const T* x_ns /* x at (n, 0, s) */, const
   acc.weight += static_cast<double>(wt);
 }
 
+// Position p's log-sum-exp, in its two parts (see lse_shape in loss_shapes.h).
+template <typename T>
+inline void store_lse(T* lse, int64_t p, T m, T ls) {
+  lse[2 * p] = m;
+  lse[2 * p + 1] = ls;
+}
+
 // ---------------------------------------------------------------- forward, scalar
 template <typename T>
 LossPartial forward_scalar(const T* x, const int64_t* tgt, const T* w, T* out_none, T* lse,
@@ -87,7 +96,7 @@ LossPartial forward_scalar(const T* x, const int64_t* tgt, const T* w, T* out_no
     double sum = 0;  // scalar path: sum in double (as accurate as the vector path or better)
     for (int64_t c = 0; c < C; ++c) sum += static_cast<double>(std::exp(xr[c * S] - m));
     const T ls = static_cast<T>(std::log(sum));
-    lse[p] = m + ls;
+    store_lse(lse, p, m, ls);
     add_loss(acc, xr, tgt, w, out_none, p, m, ls, a);
   }
   return acc;
@@ -123,11 +132,12 @@ FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_
         }
         V sum = A::zero();
         for (int64_t c = 0; c < C; ++c) sum = A::add(sum, A::exp_nonpos(A::sub(cols[c], m)));
-        const V ls = A::log(sum);
-        A::store(lse + p, A::add(m, ls));
         A::store(mv, m);
-        A::store(lv, ls);
-        for (int64_t k = 0; k < A::W; ++k) add_loss(acc, xb + k * C, tgt, w, out_none, p + k, mv[k], lv[k], a);
+        A::store(lv, A::log(sum));
+        for (int64_t k = 0; k < A::W; ++k) {
+          store_lse(lse, p + k, mv[k], lv[k]);
+          add_loss(acc, xb + k * C, tgt, w, out_none, p + k, mv[k], lv[k], a);
+        }
       }
     }
     // W rows at a time so the W logs are one vector log
@@ -141,7 +151,7 @@ FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_
       for (int64_t k = nr; k < A::W; ++k) lv[k] = T(1);
       A::store(lv, A::log(A::load(lv)));
       for (int64_t k = 0; k < nr; ++k) {
-        lse[p + k] = mv[k] + lv[k];
+        store_lse(lse, p + k, mv[k], lv[k]);
         add_loss(acc, x + (p + k) * C, tgt, w, out_none, p + k, mv[k], lv[k], a);
       }
     }
@@ -159,7 +169,7 @@ FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_
       A::store(lv, A::log(sum));
       const int64_t pb = n * S + s;
       for (int64_t k = 0; k < wd; ++k) {
-        lse[pb + k] = mv[k] + lv[k];
+        store_lse(lse, pb + k, mv[k], lv[k]);
         add_loss(acc, xb + k, tgt, w, out_none, pb + k, mv[k], lv[k], a);
       }
     }
@@ -205,8 +215,8 @@ void backward_scalar(const T* x, const int64_t* tgt, const T* w, const T* g_none
       for (int64_t c = 0; c < C; ++c) gr[c * S] = T(0);
       continue;
     }
-    const T l = lse[p];
-    for (int64_t c = 0; c < C; ++c) gr[c * S] = std::exp(xr[c * S] - l) * sc;
+    const T m = lse[2 * p], ls = lse[2 * p + 1];
+    for (int64_t c = 0; c < C; ++c) gr[c * S] = std::exp((xr[c * S] - m) - ls) * sc;
     gr[t * S] -= sc;
   }
 }
@@ -234,15 +244,15 @@ FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt
         continue;
       }
       // the one-hot term is subtracted in registers (no store-then-reload of gr[t])
-      const V vl = A::set1(lse[p]), vs = A::set1(sc);
+      const V vm = A::set1(lse[2 * p]), vls = A::set1(lse[2 * p + 1]), vs = A::set1(sc);
       for (; c + W <= C; c += W) {
-        V v = A::mul(A::exp(A::sub(A::load(xr + c), vl)), vs);
+        V v = A::mul(A::exp(A::sub(A::sub(A::load(xr + c), vm), vls)), vs);
         if (t >= c && t < c + W) v = A::sub_at_lane(v, t - c, vs);
         A::store(gr + c, v);
       }
       if (c < C) {
         const __m256i tm = A::mask(C - c);
-        V v = A::mul(A::exp(A::sub(A::mload(xr + c, tm), vl)), vs);
+        V v = A::mul(A::exp(A::sub(A::sub(A::mload(xr + c, tm), vm), vls)), vs);
         if (t >= c) v = A::sub_at_lane(v, t - c, vs);
         A::mstore(gr + c, tm, v);
       }
@@ -267,9 +277,12 @@ FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt
     const T* xb = x + n * C * S + s;
     T* gb = gi + n * C * S + s;
     const __m256i tm = A::mask(wd);
-    alignas(32) T lsev[W];
-    for (int64_t k = 0; k < W; ++k) lsev[k] = k < wd ? lse[pb + k] : T(0);
-    const V vl = A::load(lsev), vs = A::load(scv);
+    alignas(32) T mv[W], lsv[W];
+    for (int64_t k = 0; k < W; ++k) {
+      mv[k] = k < wd ? lse[2 * (pb + k)] : T(0);
+      lsv[k] = k < wd ? lse[2 * (pb + k) + 1] : T(0);
+    }
+    const V vm = A::load(mv), vls = A::load(lsv), vs = A::load(scv);
     // ignored lanes have scale 0; force exact zeros there even for non-finite logits
     alignas(32) T keepv[W];
     for (int64_t k = 0; k < W; ++k) {
@@ -278,7 +291,7 @@ FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt
     }
     const V km = A::load(keepv);
     for (int64_t c = 0; c < C; ++c) {
-      const V v = A::mul(A::exp(A::sub(A::mload(xb + c * S, tm), vl)), vs);
+      const V v = A::mul(A::exp(A::sub(A::sub(A::mload(xb + c * S, tm), vm), vls)), vs);
       A::mstore(gb + c * S, tm, A::band(v, km));
     }
     for (int64_t k = 0; k < wd; ++k)
@@ -328,7 +341,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
   at::Tensor loss = loss_output(target, input, reduction);
-  at::Tensor lse = dense_empty(target.sizes(), input);
+  at::Tensor lse = dense_empty(lse_shape(target), input);
   at::Tensor total_weight = dense_empty({}, input);
   const Args a{sh.C, sh.S, ignore_index};
 
@@ -357,10 +370,8 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
   const LossShape sh = check_loss_backward_inputs(op, grad_output, input, target, weight, reduction,
                                                   total_weight);
   const bool none = reduction == at::Reduction::None;
-  check_floating(op, "lse", lse);
+  check_lse(op, lse, input, target);
   check_same_dtype(op, "lse", lse, "input", input);
-  check_same_device(op, "lse", lse, "input", input);
-  check_same_shape(op, "lse", lse, "target", target);
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> go = grad_output.expect_contiguous();

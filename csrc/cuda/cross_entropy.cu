@@ -3,17 +3,19 @@
 //
 // What it computes (LossShape [N, C, S], M = N * S rows (n, s); element
 // (n, c, s) at n*C*S + c*S + s; w[c] = weight[c] or 1):
-//   lse_i  = m_i + log(sum_c exp(x[n, c, s] - m_i)),  m_i = max_c x[n, c, s]
+//   m_i = max_c x[n, c, s],  lg_i = log(sum_c exp(x[n, c, s] - m_i))
 //   l_i    = -w[t] * ((x[n, t, s] - m_i) - log(sum ...)),  t = target[i];
 //            l_i = w_i = 0 when t == ignore_index
 //   loss   = l (none, target's shape) | sum_i l_i (sum) | sum_i l_i / sum_i w_i (mean)
 //   total_weight = sum_i w_i (0-dim, input dtype, every reduction)
-//   lse is returned with the target's shape in acc_t<T>: float32 for float16 /
-//   bfloat16 / float32 inputs, float64 for float64 (a half-precision lse would
-//   cost up to 8 units at |x| ~ 1e4 and ruin the backward softmax).
+//   lse (the log-sum-exp, kept for the backward) is returned as the pairs
+//   (m_i, lg_i): the target's shape plus a last dim of 2 (see lse_shape in
+//   loss_shapes.h), in acc_t<T>: float32 for float16 / bfloat16 / float32 inputs,
+//   float64 for float64. Keeping m and lg apart lets the backward round its softmax as
+//   native log_softmax does; m + lg in one number would cost half an ulp of |m|.
 //   Log-probabilities are never written. All math in acc_t<T>, outputs rounded once.
 //   A target outside [0, C) (other than ignore_index) fails a device-side assert.
-//   backward: dx[n, c, s] = g_i * w[t] * (exp(x[n, c, s] - lse_i) - [c == t]),
+//   backward: dx[n, c, s] = g_i * w[t] * (exp((x[n, c, s] - m_i) - lg_i) - [c == t]),
 //     0 for ignored rows; g_i = grad_output[i] (none), grad_output (sum) or
 //     grad_output / total_weight (mean, read from device memory).
 // Work split
@@ -58,6 +60,13 @@ constexpr int kColThreads = 256;
 constexpr int kFlatThreads = 256;
 constexpr int64_t kMaxGrid = 8192;  // loss kernels: fixed from M only (determinism)
 
+// Row i's log-sum-exp in its two parts, (m_i, lg_i).
+template <typename A>
+__device__ __forceinline__ void store_lse(A* __restrict__ lse, int64_t i, A m, A lg) {
+  lse[2 * i] = m;
+  lse[2 * i + 1] = lg;
+}
+
 template <int ELEMS>
 constexpr int warp_kernel_max_threads() {
   return ELEMS <= 2 ? 1024 : 256;
@@ -98,7 +107,7 @@ __global__ void __launch_bounds__(warp_kernel_max_threads<ELEMS>(), 1)
     warp_row_max_sumexp<ELEMS, WIDTH>(x + off, valid, C, l, v, m, s);
     if (valid && l == 0) {
       const A lg = dlog(s);
-      lse_out[row] = m + lg;
+      store_lse(lse_out, row, m, lg);
       const A li = use ? -wt * ((xt - m) - lg) : A(0);
       if (out_none != nullptr) out_none[row] = from_acc<T>(li);
       ls += li;
@@ -167,7 +176,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 2)
     const A Sm = block_reduce(rescale_sum(m, s, Mx), SumOp(), A(0), red);
     if (threadIdx.x == 0) {
       const A lg = dlog(Sm);
-      lse_out[row] = Mx + lg;
+      store_lse(lse_out, row, Mx, lg);
       const A li = use ? -wt * ((xt - Mx) - lg) : A(0);
       if (out_none != nullptr) out_none[row] = from_acc<T>(li);
       ls += li;
@@ -201,7 +210,7 @@ __global__ void __launch_bounds__(kColThreads)
     A m = neg_inf<A>(), s = A(0);
     for (int64_t c = 0; c < C; ++c) online_lse_update(m, s, to_acc(x[base + c * S]));
     const A lg = dlog(s);
-    lse_out[p] = m + lg;
+    store_lse(lse_out, p, m, lg);
     A li = A(0), wt = A(0);
     if (use) {
       wt = w != nullptr ? to_acc(w[t]) : A(1);
@@ -246,7 +255,7 @@ __device__ __forceinline__ bool ce_row_coef(const BwdArgs& a, int64_t row, int64
 template <typename T, int V>
 __device__ __forceinline__ void ce_bwd_row(const T* __restrict__ xr, T* __restrict__ gr,
                                            int64_t C, bool use, acc_t<T> coef, int64_t t,
-                                           acc_t<T> lse) {
+                                           acc_t<T> m, acc_t<T> lg) {
   using A = acc_t<T>;
   using Vec = AlignedVec<T, V>;
   const int64_t nv = C / V;
@@ -271,7 +280,7 @@ __device__ __forceinline__ void ce_bwd_row(const T* __restrict__ xr, T* __restri
         for (int k = 0; k < V; ++k) {
           A gval = A(0);
           if (use) {
-            const A p = dexp(to_acc(r[u].val[k]) - lse);
+            const A p = dexp((to_acc(r[u].val[k]) - m) - lg);
             gval = coef * (i * V + k == t ? p - A(1) : p);
           }
           r[u].val[k] = from_acc<T>(gval);
@@ -291,8 +300,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 2)
     A coef = A(0);
     int64_t t = -1;
     const bool use = ce_row_coef<T>(a, row, C, coef, t);  // same address in every thread
-    const A l = use ? lse[row] : A(0);
-    ce_bwd_row<T, V>(x + row * C, grad + row * C, C, use, coef, t, l);
+    const A m = use ? lse[2 * row] : A(0);
+    const A lg = use ? lse[2 * row + 1] : A(0);
+    ce_bwd_row<T, V>(x + row * C, grad + row * C, C, use, coef, t, m, lg);
   }
 }
 
@@ -317,7 +327,7 @@ __device__ __forceinline__ void ce_bwd_flat_body(const BwdArgs& a, const T* __re
     int64_t t = -1;
     A gval = A(0);
     if (ce_row_coef<T>(a, static_cast<int64_t>(row), static_cast<int64_t>(C), coef, t)) {
-      const A p = dexp(to_acc(x[i]) - lse[row]);
+      const A p = dexp((to_acc(x[i]) - lse[2 * row]) - lse[2 * row + 1]);
       gval = coef * (static_cast<int64_t>(c) == t ? p - A(1) : p);
     }
     grad[i] = from_acc<T>(gval);
@@ -365,7 +375,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cuda(
   at::Tensor loss = none ? at::empty(target.sizes(), x.options()) : at::empty({}, x.options());
   at::Tensor total_weight = at::empty({}, x.options());
   const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
-  at::Tensor lse = at::empty(target.sizes(), acc_opts);
+  at::Tensor lse = at::empty(lse_shape(target), acc_opts);
   auto stream = c10::cuda::getCurrentCUDAStream();
 
   FASTNN_DISPATCH_CUDA(x.scalar_type(), "cross_entropy_forward_cuda", [&] {
@@ -456,9 +466,7 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_output, const at::
   constexpr const char* op = "cross_entropy_backward";
   const LossShape sh = check_loss_backward_inputs(op, grad_output, input, target, weight, reduction,
                                                   total_weight);
-  check_floating(op, "lse", lse);
-  check_same_device(op, "lse", lse, "input", input);
-  check_same_shape(op, "lse", lse, "target", target);
+  check_lse(op, lse, input, target);
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();

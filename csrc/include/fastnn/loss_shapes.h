@@ -11,6 +11,8 @@
 
 #include "fastnn/checks.h"
 
+#include <vector>
+
 namespace fastnn {
 
 struct LossShape {
@@ -29,14 +31,16 @@ inline LossShape check_loss_inputs(const char* op, const at::Tensor& input,
   check_same_device(op, "target", target, "input", input);
   TORCH_CHECK(reduction >= at::Reduction::None && reduction <= at::Reduction::Sum, "fastnn::", op,
               ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction, ".");
-  TORCH_CHECK(input.dim() >= 1, "fastnn::", op,
-              ": `input` must be (C), (N, C) or (N, C, d1, ...), got a 0-d tensor.");
+  // Shape errors are ValueErrors, as natively.
+  TORCH_CHECK_VALUE(input.dim() >= 1, "fastnn::", op,
+                    ": `input` must be (C), (N, C) or (N, C, d1, ...), got a 0-d tensor.");
 
   LossShape s{1, 0, 1};
   if (input.dim() == 1) {
     s.C = input.size(0);
-    TORCH_CHECK(target.dim() == 0, "fastnn::", op, ": for an input of shape ", input.sizes(),
-                " (no batch dim) `target` must be 0-d, got shape ", target.sizes(), ".");
+    TORCH_CHECK_VALUE(target.dim() == 0, "fastnn::", op, ": for an input of shape ",
+                      input.sizes(), " (no batch dim) `target` must be 0-d, got shape ",
+                      target.sizes(), ".");
   } else {
     s.N = input.size(0);
     s.C = input.size(1);
@@ -45,9 +49,9 @@ inline LossShape check_loss_inputs(const char* op, const at::Tensor& input,
       ok = target.size(d - 1) == input.size(d);
       s.S *= input.size(d);
     }
-    TORCH_CHECK(ok, "fastnn::", op, ": `target` of shape ", target.sizes(),
-                " does not match `input` of shape ", input.sizes(),
-                "; expected the input's shape without its class dim (dim 1).");
+    TORCH_CHECK_VALUE(ok, "fastnn::", op, ": `target` of shape ", target.sizes(),
+                      " does not match `input` of shape ", input.sizes(),
+                      "; expected the input's shape without its class dim (dim 1).");
   }
   TORCH_CHECK(s.C > 0 || s.N * s.S == 0, "fastnn::", op,
               ": `input` has no classes (C = 0) but a non-empty batch.");
@@ -89,9 +93,25 @@ inline LossShape check_loss_backward_inputs(const char* op, const at::Tensor& gr
   return s;
 }
 
-// Shape of the per-sample loss for reduction='none' (the target's shape).
-inline std::vector<int64_t> unreduced_shape(const at::Tensor& target) {
-  return target.sizes().vec();
+// The cross-entropy forward saves each position's log-sum-exp for the backward as two
+// parts, lse[..., 0] = m = max_c x and lse[..., 1] = log(sum_c exp(x - m)), so the
+// backward's softmax exp((x - m) - lse[..., 1]) is rounded like native log_softmax's
+// output: a single m + log(...) would carry an absolute error of half an ulp of |m|
+// (at |x| ~ 100 in float32, ~4e-6: 30x native's error in the gradient).
+inline std::vector<int64_t> lse_shape(const at::Tensor& target) {
+  std::vector<int64_t> shape = target.sizes().vec();
+  shape.push_back(2);
+  return shape;
+}
+
+inline void check_lse(const char* op, const at::Tensor& lse, const at::Tensor& input,
+                      const at::Tensor& target) {
+  check_floating(op, "lse", lse);
+  check_same_device(op, "lse", lse, "input", input);
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef(lse_shape(target)), "fastnn::", op,
+              ": `lse` must have the target's shape plus a last dim of 2 (max, log-sum), as "
+              "cross_entropy_forward returns it; got shape ", lse.sizes(), " for a target of "
+              "shape ", target.sizes(), ".");
 }
 
 }  // namespace fastnn
