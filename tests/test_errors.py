@@ -120,13 +120,14 @@ LOSS_IDS = ["nll", "ce"]
 
 @pytest.mark.parametrize("fn", LOSSES, ids=LOSS_IDS)
 def test_loss_target_shape(fn):
-    """Shape mismatches are ValueErrors, as natively."""
+    """A batch-size mismatch or a 0-d input is a ValueError, other shape mismatches are
+    RuntimeErrors, as natively."""
     x = torch.randn(4, 5)
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(RuntimeError, match="does not match"):
         fn(x, torch.zeros(4, 5, dtype=torch.long))  # 2-D target for a 2-D input
-    with pytest.raises(ValueError, match="does not match"):
-        fn(x, torch.zeros(3, dtype=torch.long))     # wrong batch
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="batch size"):
+        fn(x, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="does not match"):
         fn(torch.randn(2, 5, 3), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="0-d"):
         fn(torch.randn(5), torch.zeros(1, dtype=torch.long))

@@ -31,7 +31,6 @@ inline LossShape check_loss_inputs(const char* op, const at::Tensor& input,
   check_same_device(op, "target", target, "input", input);
   TORCH_CHECK(reduction >= at::Reduction::None && reduction <= at::Reduction::Sum, "fastnn::", op,
               ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction, ".");
-  // Shape errors are ValueErrors, as natively.
   TORCH_CHECK_VALUE(input.dim() >= 1, "fastnn::", op,
                     ": `input` must be (C), (N, C) or (N, C, d1, ...), got a 0-d tensor.");
 
@@ -44,14 +43,18 @@ inline LossShape check_loss_inputs(const char* op, const at::Tensor& input,
   } else {
     s.N = input.size(0);
     s.C = input.size(1);
-    bool ok = target.dim() == input.dim() - 1 && target.size(0) == s.N;
+    bool ok = target.dim() == input.dim() - 1;
+    // A batch-size mismatch is a ValueError, other shape mismatches RuntimeErrors, as natively.
+    TORCH_CHECK_VALUE(!ok || target.size(0) == s.N, "fastnn::", op, ": `input` has batch size ",
+                      s.N, " but `target` has batch size ", target.size(0),
+                      "; they must match.");
     for (int64_t d = 2; ok && d < input.dim(); ++d) {
       ok = target.size(d - 1) == input.size(d);
       s.S *= input.size(d);
     }
-    TORCH_CHECK_VALUE(ok, "fastnn::", op, ": `target` of shape ", target.sizes(),
-                      " does not match `input` of shape ", input.sizes(),
-                      "; expected the input's shape without its class dim (dim 1).");
+    TORCH_CHECK(ok, "fastnn::", op, ": `target` of shape ", target.sizes(),
+                " does not match `input` of shape ", input.sizes(),
+                "; expected the input's shape without its class dim (dim 1).");
   }
   TORCH_CHECK(s.C > 0 || s.N * s.S == 0, "fastnn::", op,
               ": `input` has no classes (C = 0) but a non-empty batch.");
