@@ -152,3 +152,21 @@ def test_compiled_autograd(device, op):
             assert p.grad is None
         else:
             assert torch.equal(p.grad, g0), op
+
+
+def test_export_seed_mlp_with_dynamic_batch(device, tmp_path):
+    """torch.export of a fastnn model: fastnn's ops stay ops in the exported graph, the batch
+    dim can be dynamic, and the program saves, loads and runs like the eager model."""
+    torch.manual_seed(0)
+    model = fastnn.convert(seed_mlp(torch.nn)).to(device).eval()
+    x, _ = synthetic_mnist(16, device=device)
+    batch = torch.export.Dim("batch", min=2)
+    program = torch.export.export(model, (x,), dynamic_shapes={"input": {0: batch}})
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"fastnn.linear_forward.default", "fastnn.relu_forward.default"} <= targets
+    path = tmp_path / "mlp.pt2"
+    torch.export.save(program, path)
+    loaded = torch.export.load(path).module()
+    for n in (16, 5):
+        xb, _ = synthetic_mnist(n, device=device)
+        assert torch.equal(loaded(xb), model(xb))
