@@ -3,7 +3,8 @@
 Each wrapper is the single Python entry point to one registered operator (schemas in
 csrc/registry.cpp). The ``register_fake`` functions describe each op's outputs
 (shape, dtype, device) without running it, so ``torch.compile`` and
-``torch.library.opcheck`` can trace the ops. All outputs are dense.
+``torch.library.opcheck`` can trace the ops. All outputs are dense: contiguous, except
+relu's, which take their input's layout as ``torch.empty_like`` does.
 """
 from typing import List, Optional, Tuple
 
@@ -117,7 +118,7 @@ def _(grad_output, input, weight, output_mask):
 
 @torch.library.register_fake("fastnn::relu_forward")
 def _(input):
-    return _dense(input)
+    return torch.empty_like(input)  # the input's layout, as native relu (fastnn/layout.h)
 
 
 @torch.library.register_fake("fastnn::relu_forward_")
@@ -128,7 +129,7 @@ def _(input):
 @torch.library.register_fake("fastnn::relu_backward")
 def _(grad_output, output):
     _check_one_device("relu_backward", grad_output, output)
-    return _dense(output)
+    return torch.empty_like(output)
 
 
 @torch.library.register_fake("fastnn::log_softmax_forward")

@@ -44,12 +44,16 @@ def samples(name, device):
                     (rg(r(3, 5).t()), rg(r(7, 5).t()), rg(r(7, 3).t()), [True, True, True]),
                     (rg(r(0, 3)), rg(r(0, 7)), rg(r(3, 7)), [True, True, True])]
         elif name == "relu_forward":
-            out += [(rg(r(4, 9)),), (rg(r(9, 4).t()),), (rg(r(0, 3)),), (rg(r(100)),)]
+            out += [(rg(r(4, 9)),), (rg(r(9, 4).t()),), (rg(r(0, 3)),), (rg(r(100)),),
+                    (rg(r(8, 6)[:, ::2]),),
+                    (rg(r(2, 3, 4, 5).to(memory_format=torch.channels_last)),)]
         elif name == "relu_forward_":
             out += [(rg(r(4, 9)) * 1,), (rg(r(9, 4)).t() * 1,), (r(33),), (r(8, 6)[:, ::2],)]
         elif name == "relu_backward":
             y = torch.relu(r(4, 9))
-            out += [(rg(r(4, 9)), y), (rg(r(9, 4).t()), y), (rg(r(0, 2)), r(0, 2).relu())]
+            y_t = torch.relu(r(9, 4).t())
+            out += [(rg(r(4, 9)), y), (rg(r(9, 4).t()), y), (rg(r(0, 2)), r(0, 2).relu()),
+                    (rg(r(4, 9)), y_t), (rg(r(9, 4).t()), y_t)]
         elif name == "log_softmax_forward":
             out += [(rg(r(4, 9)), 1), (rg(r(4, 9)), 0), (rg(r(2, 3, 4)), -1), (rg(r(2, 3, 4)), 1),
                     (rg(r(9, 4).t()), 1), (rg(r(5)), 0), (rg(r(0, 4)), 1)]

@@ -32,11 +32,22 @@ def test_relu_noncontiguous(device, dtype, layout):
     g = make_layout(randn(17, 33, dtype=dtype, device=device), layout)
     x0, x1 = leaf(x), leaf(x)
     y0, y1 = F.relu(x0), FF.relu(x1)
-    assert_dense(y1)
+    assert y1.stride() == y0.stride(), "the output takes the input's layout, as natively"
     assert torch.equal(y1, y0)
     y0.backward(g)
     y1.backward(g)
     assert torch.equal(x1.grad, x0.grad)
+
+
+def test_relu_keeps_channels_last(device, dtype):
+    x = randn(2, 3, 4, 5, dtype=dtype, device=device).to(memory_format=torch.channels_last)
+    y0, y1 = F.relu(x), FF.relu(x)
+    assert y1.is_contiguous(memory_format=torch.channels_last) and y1.stride() == y0.stride()
+    assert torch.equal(y1, y0)
+    dy = randn(2, 3, 4, 5, dtype=dtype, device=device)  # contiguous: the gradient follows y
+    dx0 = torch.ops.aten.threshold_backward(dy, y0, 0)
+    dx1 = torch.ops.fastnn.relu_backward(dy, y1)
+    assert dx1.stride() == dx0.stride() and torch.equal(dx1, dx0)
 
 
 def test_relu_special_values(device, dtype):

@@ -4,8 +4,9 @@
 // Backward: dx = y <= 0 ? 0 : dy  (= aten::threshold_backward(dy, y, 0), so dy > 0
 //           where y > 0, and where y is NaN the gradient passes through like native)
 //
-// Shapes: any shape; the op is elementwise over the dense (contiguous) data.
-// Outputs are dense tensors of the input's shape and dtype. relu_forward_ updates
+// Shapes: any shape; the op is elementwise over dense data. Outputs have the input's
+// shape, dtype and layout (as empty_like: see layout.h), as native relu's do; a
+// non-dense operand is first copied into the output's layout. relu_forward_ updates
 // the input's own elements: dense inputs are processed in place, strided ones via a
 // dense temporary that is copied back into the input's view.
 //
@@ -23,6 +24,7 @@
 #include "fastnn/cpu_features.h"
 #include "fastnn/cpu_vec.h"
 #include "fastnn/dispatch.h"
+#include "fastnn/layout.h"
 
 namespace fastnn {
 namespace {
@@ -96,9 +98,8 @@ void relu_dense(const at::Tensor& x, const at::Tensor& y) {
 
 at::Tensor relu_forward_cpu(const at::Tensor& input) {
   check_floating("relu_forward", "input", input);
-  const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
-  at::Tensor y = dense_empty(input.sizes(), input);
-  if (input.numel() > 0) relu_dense(*x, y);
+  at::Tensor y = empty_with_layout_of(input, [&] { return dense_empty(input.sizes(), input); });
+  if (input.numel() > 0) relu_dense(in_layout_of(input, y), y);
   return y;
 }
 
@@ -122,14 +123,14 @@ void relu_forward_inplace_cpu(const at::Tensor& input) {
 at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& output) {
   constexpr const char* op = "relu_backward";
   check_grad_of_output(op, grad_output, output);
-  const c10::MaybeOwned<at::Tensor> dy = grad_output.expect_contiguous();
-  const c10::MaybeOwned<at::Tensor> y = output.expect_contiguous();
-  at::Tensor dx = dense_empty(output.sizes(), output);
+  at::Tensor dx = empty_with_layout_of(output, [&] { return dense_empty(output.sizes(), output); });
   const int64_t n = output.numel();
   if (n == 0) return dx;
+  const at::Tensor dy = in_layout_of(grad_output, dx);
+  const at::Tensor y = in_layout_of(output, dx);
   FASTNN_DISPATCH_CPU(output.scalar_type(), "fastnn::relu_backward", [&] {
-    const scalar_t* pdy = dy->const_data_ptr<scalar_t>();
-    const scalar_t* py = y->const_data_ptr<scalar_t>();
+    const scalar_t* pdy = dy.const_data_ptr<scalar_t>();
+    const scalar_t* py = y.const_data_ptr<scalar_t>();
     scalar_t* pdx = dx.data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
 #if FASTNN_HAVE_X86

@@ -6,8 +6,9 @@
 //   backward:  dx = dy where y > 0, else 0 (native threshold_backward:
 //              `y <= 0 ? 0 : dy`, so a NaN in y passes dy through and a NaN in
 //              dy is zeroed where y <= 0).
-// Shapes: any shape (0-d and empty included); outputs are dense (contiguous)
-//   tensors of the input's shape and dtype.
+// Shapes: any shape (0-d and empty included); outputs have the input's shape, dtype
+//   and layout (as empty_like: see layout.h), as native relu's do; a non-dense operand
+//   is first copied into the output's layout.
 // Work split
 //   One grid-stride kernel over the flat element range. When every pointer is
 //   16-byte aligned each thread handles AlignedVec<T, 16 / sizeof(T)> vectors
@@ -30,6 +31,7 @@
 #include "fastnn/checks.h"
 #include "fastnn/cuda_utils.cuh"
 #include "fastnn/dispatch.h"
+#include "fastnn/layout.h"
 
 namespace fastnn {
 namespace {
@@ -146,8 +148,9 @@ void launch_relu_forward(const at::Tensor& ref, const void* x, void* y, int64_t 
 at::Tensor relu_forward_cuda(const at::Tensor& input) {
   check_floating("relu_forward", "input", input);
   c10::cuda::CUDAGuard guard(input.device());
-  const at::Tensor x = input.contiguous();
-  at::Tensor y = at::empty(x.sizes(), x.options());
+  at::Tensor y =
+      empty_with_layout_of(input, [&] { return at::empty(input.sizes(), input.options()); });
+  const at::Tensor x = in_layout_of(input, y);
   launch_relu_forward(x, x.const_data_ptr(), y.mutable_data_ptr(), x.numel());
   return y;
 }
@@ -171,11 +174,12 @@ at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& o
   constexpr const char* op = "relu_backward";
   check_grad_of_output(op, grad_output, output);
   c10::cuda::CUDAGuard guard(output.device());
-  const at::Tensor dy = grad_output.contiguous();
-  const at::Tensor y = output.contiguous();
-  at::Tensor dx = at::empty(y.sizes(), y.options());
-  const int64_t n = y.numel();
+  at::Tensor dx =
+      empty_with_layout_of(output, [&] { return at::empty(output.sizes(), output.options()); });
+  const int64_t n = output.numel();
   if (n == 0) return dx;
+  const at::Tensor dy = in_layout_of(grad_output, dx);
+  const at::Tensor y = in_layout_of(output, dx);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int device = y.get_device();
   FASTNN_DISPATCH_CUDA(y.scalar_type(), "relu_backward_cuda", [&] {
