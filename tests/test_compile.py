@@ -138,15 +138,27 @@ _GRAPHS = {
 
 @pytest.mark.parametrize("op", list(_GRAPHS))
 def test_compiled_autograd(device, op):
-    """Each op's backward node under compiled autograd gives eager fastnn's gradients."""
+    """Each op's backward node is traced by compiled autograd and gives eager fastnn's
+    gradients."""
     from torch._dynamo import compiled_autograd
 
     torch.manual_seed(0)
     x = torch.randn(8, 10, device=device, requires_grad=True)
     w = torch.randn(10, 10, device=device, requires_grad=True)
     grads0 = torch.autograd.grad(_GRAPHS[op](x, w).sum(), (x, w), allow_unused=True)
-    with compiled_autograd._enable(torch.compile(backend="aot_eager")):
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    with compiled_autograd._enable(torch.compile(backend=backend)):
         _GRAPHS[op](x, w).sum().backward()
+    # one graph, the fastnn node in it like the native nodes (an untraceable node would run
+    # eagerly between two graphs)
+    assert len(graphs) == 1
+    called = {str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"}
+    assert any("fastnn" in name and "Function" in name for name in called), called
     for p, g0 in zip((x, w), grads0):
         if g0 is None:
             assert p.grad is None

@@ -120,13 +120,15 @@ LOSS_IDS = ["nll", "ce"]
 
 @pytest.mark.parametrize("fn", LOSSES, ids=LOSS_IDS)
 def test_loss_target_shape(fn):
-    """A batch-size mismatch or a 0-d input is a ValueError, other shape mismatches are
-    RuntimeErrors, as natively."""
+    """A batch-size mismatch is a ValueError, other shape mismatches RuntimeErrors, as
+    natively; a 0-d input is a ValueError (as native nll_loss's)."""
     x = torch.randn(4, 5)
     with pytest.raises(RuntimeError, match="does not match"):
         fn(x, torch.zeros(4, 5, dtype=torch.long))  # 2-D target for a 2-D input
     with pytest.raises(ValueError, match="batch size"):
         fn(x, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch size"):  # checked before the dims
+        fn(x, torch.zeros(5, 2, dtype=torch.long))
     with pytest.raises(RuntimeError, match="does not match"):
         fn(torch.randn(2, 5, 3), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="0-d"):

@@ -114,8 +114,14 @@ def test_relu_inplace_on_leaf_raises_like_native(device):
     x = randn(3, 4, device=device).requires_grad_()
     with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
         F.relu(x, inplace=True)
+    before = x.detach().clone()
     with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
         FF.relu(x, inplace=True)
+    assert torch.equal(x.detach(), before) and x._version == 0  # refused before writing
+    # a view of such a leaf, likewise
+    with pytest.raises(RuntimeError, match="view of a leaf Variable"):
+        FF.relu(x[1:], inplace=True)
+    assert torch.equal(x.detach(), before)
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["outofplace", "inplace"])

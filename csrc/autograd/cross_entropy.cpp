@@ -27,7 +27,7 @@ namespace {
 using autograd::AutogradContext;
 using autograd::variable_list;
 
-struct CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFunction> {
+struct CrossEntropyFunction : public autograd::Function<CrossEntropyFunction> {
   // The loss is the Function's only output; lse and total_weight leave through
   // `side_out`. They are computed below autograd, so they carry no history (neither is
   // differentiable), and the node needs no mark_non_differentiable, which compiled

@@ -21,7 +21,7 @@ namespace {
 using autograd::AutogradContext;
 using autograd::variable_list;
 
-struct LinearFunction : public torch::autograd::Function<LinearFunction> {
+struct LinearFunction : public autograd::Function<LinearFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;

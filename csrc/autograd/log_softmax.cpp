@@ -17,7 +17,7 @@ namespace {
 using autograd::AutogradContext;
 using autograd::variable_list;
 
-struct LogSoftmaxFunction : public torch::autograd::Function<LogSoftmaxFunction> {
+struct LogSoftmaxFunction : public autograd::Function<LogSoftmaxFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, int64_t dim) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor output = ops::log_softmax_forward(input, dim);

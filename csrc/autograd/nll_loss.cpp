@@ -22,7 +22,7 @@ namespace {
 using autograd::AutogradContext;
 using autograd::variable_list;
 
-struct NLLLossFunction : public torch::autograd::Function<NLLLossFunction> {
+struct NLLLossFunction : public autograd::Function<NLLLossFunction> {
   // The loss is the Function's only output; total_weight leaves through `total_weight_out`.
   // It is computed below autograd, so it carries no history (natively it is not
   // differentiable either), and the node needs no mark_non_differentiable, which

@@ -7,6 +7,7 @@
 // so the input can be freed. The device kernels are in csrc/cpu/relu.cpp and
 // csrc/cuda/relu.cu.
 #include <ATen/core/Tensor.h>
+#include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
 #include "fastnn/autograd.h"
@@ -27,7 +28,7 @@ variable_list relu_grad(AutogradContext* ctx, const variable_list& grads) {
   return autograd::once_differentiable(std::move(out), "relu");
 }
 
-struct ReLUFunction : public torch::autograd::Function<ReLUFunction> {
+struct ReLUFunction : public autograd::Function<ReLUFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor output = ops::relu_forward(input);
@@ -39,7 +40,7 @@ struct ReLUFunction : public torch::autograd::Function<ReLUFunction> {
   }
 };
 
-struct ReLUInplaceFunction : public torch::autograd::Function<ReLUInplaceFunction> {
+struct ReLUInplaceFunction : public autograd::Function<ReLUInplaceFunction> {
   // `ctx_out` hands the context back to the caller, which clears its dirty set once
   // apply has used it (see relu_forward_inplace_autograd).
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
@@ -74,6 +75,9 @@ void relu_forward_inplace_autograd(const at::Tensor& input) {
     ops::relu_forward_(input);  // through relu_forward_inplace_view: bumps the version
     return;
   }
+  // As native in-place ops do, refuse a leaf that requires grad (or a view that cannot be
+  // rebased) before touching its data.
+  torch::autograd::check_inplace(input, /*requires_grad=*/true);
   AutogradContext* ctx = nullptr;
   ReLUInplaceFunction::apply(input, &ctx);
   // apply has bumped input's version and moved its history onto the new node: the dirty

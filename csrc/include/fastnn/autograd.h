@@ -23,6 +23,14 @@ namespace fastnn::autograd {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The base of fastnn's autograd Functions. Their backwards only call fastnn ops (which
+// have fake kernels) on saved tensors and saved ints, so compiled autograd may trace them
+// into its graph (is_traceable) rather than run each node eagerly behind a graph break.
+template <class T>
+struct Function : public torch::autograd::Function<T> {
+  static constexpr bool is_traceable = true;
+};
+
 inline bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
 inline bool requires_grad(const std::optional<at::Tensor>& t) {
   return t.has_value() && requires_grad(*t);

@@ -31,7 +31,7 @@ inline LossShape check_loss_inputs(const char* op, const at::Tensor& input,
   check_same_device(op, "target", target, "input", input);
   TORCH_CHECK(reduction >= at::Reduction::None && reduction <= at::Reduction::Sum, "fastnn::", op,
               ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction, ".");
-  TORCH_CHECK_VALUE(input.dim() >= 1, "fastnn::", op,
+  TORCH_CHECK_VALUE(input.dim() >= 1, "fastnn::", op,  // a ValueError, as native nll_loss's
                     ": `input` must be (C), (N, C) or (N, C, d1, ...), got a 0-d tensor.");
 
   LossShape s{1, 0, 1};
@@ -43,11 +43,11 @@ inline LossShape check_loss_inputs(const char* op, const at::Tensor& input,
   } else {
     s.N = input.size(0);
     s.C = input.size(1);
-    bool ok = target.dim() == input.dim() - 1;
     // A batch-size mismatch is a ValueError, other shape mismatches RuntimeErrors, as natively.
-    TORCH_CHECK_VALUE(!ok || target.size(0) == s.N, "fastnn::", op, ": `input` has batch size ",
-                      s.N, " but `target` has batch size ", target.size(0),
-                      "; they must match.");
+    TORCH_CHECK_VALUE(target.dim() == 0 || target.size(0) == s.N, "fastnn::", op,
+                      ": `input` has batch size ", s.N, " but `target` has batch size ",
+                      target.size(0), "; they must match.");
+    bool ok = target.dim() == input.dim() - 1;
     for (int64_t d = 2; ok && d < input.dim(); ++d) {
       ok = target.size(d - 1) == input.size(d);
       s.S *= input.size(d);
