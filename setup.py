@@ -6,8 +6,10 @@ Environment:
     FASTNN_CUDA=auto|0|1   build the CUDA kernels: auto (default) when a CUDA toolkit
                            is found, 0 never, 1 always (fail if no toolkit)
     CUDA_HOME              the toolkit folder; found automatically otherwise
-    TORCH_CUDA_ARCH_LIST   CUDA architectures, e.g. "9.0"; default: the visible GPUs',
-                           or DEFAULT_ARCHS when no GPU is visible
+    TORCH_CUDA_ARCH_LIST   CUDA architectures, e.g. "8.0;9.0a"; default: the visible GPUs'
+                           (a compute-capability 9.0 GPU as 9.0a), or DEFAULT_ARCHS when
+                           no GPU is visible. Naming 9.0a (and not also 9.0) builds the
+                           Hopper wgmma GEMM (FASTNN_SM90A)
     MAX_JOBS               parallel compile jobs (ninja)
     DEBUG=1                -O0 -g instead of -O3
 """
@@ -19,7 +21,9 @@ import sys
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = "8.0;9.0+PTX"  # Ampere and Hopper, PTX for anything newer
+# Ampere (+ its PTX for anything newer) and Hopper with its architecture-specific
+# instructions (wgmma): sm_90a machine code runs on compute capability 9.0 only.
+DEFAULT_ARCHS = "8.0+PTX;9.0a"
 
 
 def log(msg):
@@ -89,7 +93,8 @@ if cuda_home and torch.version.cuda is None:
 if cuda_home and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
     if torch.cuda.is_available():
         caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" for a, b in caps)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(
+            f"{a}.{b}" + ("a" if (a, b) == (9, 0) else "") for a, b in caps)
     else:
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
 
@@ -109,6 +114,12 @@ if cuda_home:
     extra["cxx"].append("-DFASTNN_WITH_CUDA")
     extra["nvcc"] = opt + defines + ["-DFASTNN_WITH_CUDA", "-lineinfo",
                                      "--expt-relaxed-constexpr"]
+    archs = {a.split("+")[0] for a in os.environ["TORCH_CUDA_ARCH_LIST"].replace(" ", ";").split(";")}
+    if "9.0a" in archs and "9.0" not in archs:
+        # Only then is the machine code a 9.0 GPU runs the sm_90a build (with both,
+        # which one the driver picks is not specified).
+        extra["nvcc"].append("-DFASTNN_SM90A")
+        extra["cxx"].append("-DFASTNN_SM90A")
     log(f"CUDA toolkit: {cuda_home}; archs: {os.environ['TORCH_CUDA_ARCH_LIST']}")
 else:
     log("building the CPU kernels only (no CUDA toolkit, FASTNN_CUDA=0, or a CPU-only torch)")

@@ -34,6 +34,12 @@ extern "C" PyMODINIT_FUNC PyInit__C(void) {
 #else
   PyModule_AddIntConstant(m, "WITH_CUDA", 0);
 #endif
+  // The Hopper wgmma GEMM was compiled (the arch list named 9.0a); see linear.cu.
+#ifdef FASTNN_SM90A
+  PyModule_AddIntConstant(m, "WITH_SM90A", 1);
+#else
+  PyModule_AddIntConstant(m, "WITH_SM90A", 0);
+#endif
   return m;
 }
 

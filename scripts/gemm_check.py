@@ -17,6 +17,7 @@ with CUDA events (warm-up, median of >= 20 samples). Exits 1 on any
 correctness failure.
 """
 import argparse
+import os
 import statistics
 import sys
 
@@ -244,12 +245,15 @@ def main():
         torch.ops.load_library(args.lib)
     else:
         import fastnn  # noqa: F401  (registers torch.ops.fastnn.*)
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, "
+          f"FASTNN_WGMMA={os.environ.get('FASTNN_WGMMA', '0')}", flush=True)
 
     shapes = [  # (M, K, N): x (M, K), W (N, K)
         (1, 1, 1), (64, 784, 256), (64, 256, 10), (64, 64, 10), (63, 65, 67), (1000, 1, 513),
         (0, 32, 16), (7, 0, 5), (5, 9, 0), (1, 4096, 3), (3, 17, 4099), (129, 127, 131),
         (2048, 33, 1), (257, 1000, 130), (512, 1024, 512), (1000, 520, 1032), (1000, 1000, 1000),
+        # K % 8 == 0 with tails everywhere: the wgmma kernel's edges under FASTNN_WGMMA=all
+        (1, 8, 3), (300, 264, 301), (130, 4104, 257),
     ]
     print("Correctness (err = max |out-ref| / (|A||B|), tol: "
           + ", ".join(f"{k} {v:.0e}" for k, v in TOL.items()) + ")", flush=True)

@@ -35,13 +35,18 @@ step() {  # step NAME LOGFILE CMD...: run CMD, log to OUT/LOGFILE, record pass/f
 step build build.log $PY -m pip install --no-build-isolation --no-deps -v -e . || exit 1
 step tests pytest.log $PY -m pytest -q -rs tests
 step gemm_check gemm_check.log $PY scripts/gemm_check.py
+# The opt-in Hopper wgmma GEMM (FASTNN_WGMMA): correctness on every shape it can take,
+# then (full mode) the timings with it on the large problems.
+step wgmma_check wgmma_check.log env FASTNN_WGMMA=all $PY scripts/gemm_check.py --no-bench
 step ops_check ops_check.log $PY scripts/ops_check.py
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 step memcheck memcheck.log compute-sanitizer --tool memcheck --error-exitcode 1 $PY scripts/sanitize_ops.py
 step racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 1 $PY scripts/sanitize_ops.py
+step wgmma_memcheck wgmma_memcheck.log env FASTNN_WGMMA=all compute-sanitizer --tool memcheck --error-exitcode 1 $PY scripts/sanitize_ops.py
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
 if [ "$MODE" = full ]; then
   step bench bench.log $PY -m benchmarks.run --device cuda --out "$OUT/results"
+  step wgmma_bench wgmma_bench.log env FASTNN_WGMMA=1 $PY scripts/gemm_check.py --no-big
   # MNIST, 5 epochs, native vs fastnn, eager and whole-step CUDA graph (needs the data:
   # FASTNN_DATA pointing at torchvision's layout, MNIST/raw/*.gz).
   if [ -d "${FASTNN_DATA:-/nonexistent}/MNIST/raw" ]; then

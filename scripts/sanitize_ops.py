@@ -16,7 +16,9 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 def run_linear(dtype):
-    for m, n, k in [(1, 1, 1), (64, 10, 64), (63, 65, 67), (130, 257, 129), (0, 8, 8)]:
+    # (130, 257, 264), (136, 264, 200): K % 8 == 0 with tails, for the wgmma GEMM
+    for m, n, k in [(1, 1, 1), (64, 10, 64), (63, 65, 67), (130, 257, 129), (0, 8, 8),
+                    (130, 257, 264), (136, 264, 200)]:
         x = torch.randn(m, k, device=dev, dtype=dtype)
         w = torch.randn(n, k, device=dev, dtype=dtype)
         b = torch.randn(n, device=dev, dtype=dtype)

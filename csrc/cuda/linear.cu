@@ -47,6 +47,13 @@
 //   adds the bias (the epilogue of the split path). No atomics anywhere: bitwise
 //   reproducible run to run. The split count depends only on the shape and the
 //   GPU's SM count.
+//   * float16 / bfloat16 on Hopper, opt-in (FASTNN_WGMMA=1 or all; not yet run on a
+//     GPU): wgmma_gemm_nt_kernel (gemm_sm90.cuh), block 128x256, two warpgroups of
+//     wgmma m64n128k16, 4-stage cp.async ring in the 128-byte-swizzled layout wgmma
+//     reads. It takes "NT" only, so for it dx's W and dW's dy and x are first copied
+//     K-contiguous (W^T, dy^T, x^T). Built when the arch list names 9.0a; used on
+//     compute-capability 9.0 GPUs when K % 8 == 0 and the in-place operands are
+//     16-byte aligned (FASTNN_WGMMA=1: and the output fills one wave of tiles).
 //   * db: colsum_kernel, fixed 1024-row chunks (32 columns x 8 row groups per
 //     block, fixed-order combine), a second launch sums the chunk partials.
 // All launches use the current stream, no host synchronisation, no cudaMalloc
@@ -64,12 +71,15 @@
 #include <array>
 #include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <tuple>
 #include <vector>
 
 #include "fastnn/checks.h"
 #include "gemm.cuh"
+#include "gemm_sm90.cuh"
 
 namespace fastnn {
 namespace {
@@ -225,6 +235,74 @@ bool async_ok(const GemmProblem& p, int64_t elem_bytes) {
   return al(p.A) && al(p.B) && (a_kmaj ? p.K : p.M) % vec == 0 && (b_kmaj ? p.K : p.N) % vec == 0;
 }
 
+// The Hopper wgmma GEMM (gemm_sm90.cuh) for the half types' forward ("NT"). Opt-in
+// until it has been verified on a GPU: FASTNN_WGMMA=1 takes it for problems of at
+// least one full wave of 128 x 256 tiles, FASTNN_WGMMA=all for every problem it
+// can take (to test its edge handling on small shapes). Needs a build whose arch
+// list names 9.0a (FASTNN_SM90A) and a compute-capability 9.0 device.
+#if defined(FASTNN_SM90A)
+enum class WgmmaMode { kOff, kLarge, kAll };
+
+WgmmaMode wgmma_mode() {
+  static const WgmmaMode mode = [] {
+    const char* v = std::getenv("FASTNN_WGMMA");
+    if (v == nullptr || std::strcmp(v, "0") == 0 || *v == '\0') return WgmmaMode::kOff;
+    if (std::strcmp(v, "all") == 0) return WgmmaMode::kAll;
+    TORCH_CHECK(std::strcmp(v, "1") == 0, "FASTNN_WGMMA must be 0, 1 or all, got '", v, "'.");
+    return WgmmaMode::kLarge;
+  }();
+  return mode;
+}
+
+bool is_sm90(int device) {
+  static std::array<std::atomic<int>, 128> cache{};  // 0 unknown, 1 yes, 2 no
+  if (device < 0 || device >= 128) return false;
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int major = 0, minor = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    v = major == 9 && minor == 0 ? 1 : 2;
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+#endif
+
+// Whether the wgmma kernel (half types, "NT" only) takes problem p once the operands
+// that are not K-contiguous (B for "NN", A and B for "TN") are replaced by K-contiguous
+// copies (fresh, so aligned): the operands used in place must be 16-byte aligned, and
+// K a multiple of 8 (whole 16-byte chunks).
+bool wgmma_takes(at::ScalarType dtype, const GemmProblem& p) {
+#if defined(FASTNN_SM90A)
+  const WgmmaMode mode = wgmma_mode();
+  if (mode == WgmmaMode::kOff || (dtype != at::kHalf && dtype != at::kBFloat16)) return false;
+  const auto aligned = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
+  if (p.K % 8 != 0 || (p.layout != Layout::TN && !aligned(p.A)) ||
+      (p.layout == Layout::NT && !aligned(p.B)))
+    return false;
+  if (ceil_div(p.N, gemm::sm90::BN) > 65535 || ceil_div(p.M, gemm::sm90::BM) > INT_MAX) return false;
+  if (mode == WgmmaMode::kLarge && tiles_of(p, gemm::sm90::BM, gemm::sm90::BN) < p.sms) return false;
+  return is_sm90(p.like->device().index());
+#else
+  (void)dtype, (void)p;
+  return false;
+#endif
+}
+
+template <typename T>
+void run_wgmma(const GemmProblem& p) {
+  auto kernel = gemm::sm90::wgmma_gemm_nt_kernel<T>;
+  static std::atomic<uint64_t> done{0};
+  allow_smem(kernel, gemm::sm90::SMEM_BYTES, p.like->device().index(), done);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.M, gemm::sm90::BM)),
+                  static_cast<unsigned>(ceil_div(p.N, gemm::sm90::BN)));
+  kernel<<<grid, gemm::sm90::THREADS, gemm::sm90::SMEM_BYTES, p.stream>>>(
+      static_cast<const T*>(p.A), static_cast<const T*>(p.B), static_cast<T*>(p.C),
+      static_cast<const T*>(p.bias), p.M, p.N, p.K);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename T>
 void run_tensor_core(const GemmProblem& p) {
   constexpr int BK = sizeof(T) == 2 ? 32 : 16;
@@ -236,6 +314,11 @@ void run_tensor_core(const GemmProblem& p) {
 
 // C[M,N] = A . B (+ bias) for the tensor dtype `dtype`.
 void run_gemm(at::ScalarType dtype, const GemmProblem& p) {
+  if (p.layout == Layout::NT && wgmma_takes(dtype, p)) {
+    if (dtype == at::kHalf) run_wgmma<__half>(p);
+    else run_wgmma<__nv_bfloat16>(p);
+    return;
+  }
   switch (dtype) {
     case at::kFloat:
       if (at::globalContext().allowTF32CuBLAS()) {
@@ -381,6 +464,12 @@ linear_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
       // dx[M,K] = dy[M,N] . W[N,K]
       GemmProblem p{Layout::NN, dy.data_ptr(), w.data_ptr(), gi.data_ptr(), nullptr,
                     M, K, N, &x, sms, stream};
+      at::Tensor wt;  // W^T [K][N], K-contiguous for the wgmma kernel ("NT")
+      if (wgmma_takes(x.scalar_type(), p)) {
+        wt = w.t().contiguous();
+        p.layout = Layout::NT;
+        p.B = wt.data_ptr();
+      }
       run_gemm(x.scalar_type(), p);
     }
     grad_input = gi;
@@ -391,6 +480,14 @@ linear_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
       // dW[N,K] = dy[M,N]^T . x[M,K]
       GemmProblem p{Layout::TN, dy.data_ptr(), x.data_ptr(), gw.data_ptr(), nullptr,
                     N, K, M, &x, sms, stream};
+      at::Tensor dyt, xt;  // dy^T [N][M], x^T [K][M], M-contiguous for the wgmma kernel
+      if (wgmma_takes(x.scalar_type(), p)) {
+        dyt = dy.reshape({M, N}).t().contiguous();
+        xt = x.reshape({M, K}).t().contiguous();
+        p.layout = Layout::NT;
+        p.A = dyt.data_ptr();
+        p.B = xt.data_ptr();
+      }
       run_gemm(x.scalar_type(), p);
     }
     grad_weight = gw;

@@ -1,0 +1,102 @@
+"""The Hopper wgmma GEMM (csrc/cuda/gemm_sm90.cuh), opt-in through FASTNN_WGMMA.
+
+The switch is read once per process, so the products run in a child process started
+with FASTNN_WGMMA=all (every product the kernel can take, small ones included, to
+reach its edge handling). Each case checks forward, dx and dW against a float64
+reference and bitwise run-to-run equality, and that the wgmma kernel really ran for
+the products it can take: the forward when K % 8 == 0, dx (via W^T) when N % 8 == 0,
+dW (via dy^T and x^T) when M % 8 == 0.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastnn
+from support import CUDA_OK, CUDA_SKIP_REASON
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not CUDA_OK, reason=CUDA_SKIP_REASON),
+    pytest.mark.skipif(not getattr(fastnn._C, "WITH_SM90A", 0),
+                       reason="fastnn was built without sm_90a (TORCH_CUDA_ARCH_LIST lacks 9.0a)"),
+    pytest.mark.skipif(CUDA_OK and torch.cuda.get_device_capability() != (9, 0),
+                       reason="the wgmma kernel needs a compute-capability 9.0 GPU"),
+]
+
+# (M, K, N): x (M, K), W (N, K). Tails in every dimension, K not a multiple of the
+# 64-element K tile, odd N (scalar stores), tiny and one-wave-sized problems.
+SHAPES = [(1, 8, 3), (8, 16, 8), (64, 784, 256), (300, 264, 301), (130, 4104, 257),
+          (257, 1000, 130), (1000, 1000, 1000), (2048, 512, 4096)]
+TOL = 1e-2  # max |out - ref| / (|A| . |B|), elementwise; half-type inputs, float32 sums
+
+CHILD = r"""
+import json, sys
+import torch
+import fastnn  # noqa: F401
+from torch.profiler import ProfilerActivity, profile
+
+device = sys.argv[1]
+shapes = json.loads(sys.argv[2])
+
+
+def err(out, ref, scale):
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return ((out.double() - ref).abs() / (scale + 1e-30)).max().item()
+
+
+results = []
+for dt in (torch.float16, torch.bfloat16):
+    for M, K, N in shapes:
+        g = torch.Generator(device=device).manual_seed(M * 10007 + K * 101 + N)
+        rnd = lambda *s: torch.randn(*s, device=device, generator=g).to(dt)
+        x, w, b, dy = rnd(M, K), rnd(N, K), rnd(N), rnd(M, N)
+        runs = []
+        for _ in range(2):
+            with profile(activities=[ProfilerActivity.CUDA] if device == "cuda" else []) as prof:
+                y = torch.ops.fastnn.linear_forward(x, w, b)
+                dx, dw, db = torch.ops.fastnn.linear_backward(dy, x, w, [True, True, True])
+                if device == "cuda":
+                    torch.cuda.synchronize()
+            runs.append((y, dx, dw, db))
+        names = [e.name for e in prof.events()]
+        xd, wd, dyd = x.double(), w.double(), dy.double()
+        y, dx, dw, db = runs[0]
+        results.append(dict(
+            dtype=str(dt), shape=[M, K, N],
+            y=err(y, xd @ wd.t() + b.double(), xd.abs() @ wd.abs().t() + b.double().abs()),
+            dx=err(dx, dyd @ wd, dyd.abs() @ wd.abs()),
+            dw=err(dw, dyd.t() @ xd, dyd.abs().t() @ xd.abs()),
+            same=all(torch.equal(p, q) for p, q in zip(runs[0], runs[1])),
+            wgmma_launches=sum("wgmma_gemm_nt_kernel" in n for n in names),
+        ))
+print(json.dumps(results))
+"""
+
+
+def run_child(device: str, shapes) -> list:
+    env = dict(os.environ, FASTNN_WGMMA="all")
+    proc = subprocess.run([sys.executable, "-c", CHILD, device, json.dumps(shapes)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def expected_launches(M: int, K: int, N: int) -> int:
+    return int(K % 8 == 0) + int(N % 8 == 0) + int(M % 8 == 0)
+
+
+def test_wgmma_gemm_matches_reference():
+    results = run_child("cuda", SHAPES)
+    assert len(results) == 2 * len(SHAPES)
+    bad = []
+    for r in results:
+        M, K, N = r["shape"]
+        worst = max(r["y"], r["dx"], r["dw"])
+        if worst > TOL or not r["same"] or r["wgmma_launches"] != expected_launches(M, K, N):
+            bad.append(r)
+    assert not bad, json.dumps(bad, indent=1)
