@@ -91,12 +91,14 @@ if cuda_home and torch.version.cuda is None:
     cuda_home = None
 
 if cuda_home and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+    # sm_90a (wgmma) needs CUDA 12; older toolkits get plain 9.0 and no wgmma GEMM.
+    sm90a = int(torch.version.cuda.split(".")[0]) >= 12
     if torch.cuda.is_available():
         caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
         os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(
-            f"{a}.{b}" + ("a" if (a, b) == (9, 0) else "") for a, b in caps)
+            f"{a}.{b}" + ("a" if (a, b) == (9, 0) and sm90a else "") for a, b in caps)
     else:
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS if sm90a else "8.0;9.0+PTX"
 
 debug = os.environ.get("DEBUG", "0") == "1"
 opt = ["-O0", "-g"] if debug else ["-O3"]

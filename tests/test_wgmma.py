@@ -73,6 +73,7 @@ for dt in (torch.float16, torch.bfloat16):
             dw=err(dw, dyd.t() @ xd, dyd.abs().t() @ xd.abs()),
             same=all(torch.equal(p, q) for p, q in zip(runs[0], runs[1])),
             wgmma_launches=sum("wgmma_gemm_nt_kernel" in n for n in names),
+            kernels_seen=sum("fastnn::" in n and "kernel" in n for n in names),  # 0: none profiled
         ))
 print(json.dumps(results))
 """
@@ -93,10 +94,16 @@ def expected_launches(M: int, K: int, N: int) -> int:
 def test_wgmma_gemm_matches_reference():
     results = run_child("cuda", SHAPES)
     assert len(results) == 2 * len(SHAPES)
+    # Which kernels ran is read from torch.profiler (CUPTI); without it no kernel shows up.
+    profiled = any(r["kernels_seen"] for r in results)
     bad = []
     for r in results:
         M, K, N = r["shape"]
         worst = max(r["y"], r["dx"], r["dw"])
-        if worst > TOL or not r["same"] or r["wgmma_launches"] != expected_launches(M, K, N):
+        launches_ok = not profiled or r["wgmma_launches"] == expected_launches(M, K, N)
+        if worst > TOL or not r["same"] or not launches_ok:
             bad.append(r)
     assert not bad, json.dumps(bad, indent=1)
+    if not profiled:
+        pytest.skip("values checked, but torch.profiler recorded no CUDA kernels (no CUPTI), "
+                    "so the use of the wgmma kernel could not be confirmed")

@@ -130,6 +130,13 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 to_out<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
+// Two adjacent outputs rounded and stored as one 4-byte word (dst 4-byte aligned).
+__device__ __forceinline__ void store_pair(__half* dst, float a, float b) {
+  *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(a, b);
+}
+__device__ __forceinline__ void store_pair(__nv_bfloat16* dst, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(a, b);
+}
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 
@@ -173,7 +180,8 @@ __global__ void __launch_bounds__(THREADS, 1)
   const int wg = tid / 128;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
-  const int64_t k_tiles = (K + (BK_BYTES / sizeof(T)) - 1) / (BK_BYTES / sizeof(T));
+  constexpr int64_t BK = BK_BYTES / static_cast<int>(sizeof(T));  // 64 elements
+  const int64_t k_tiles = (K + BK - 1) / BK;
 
   float acc0[64], acc1[64];  // columns 0..127 and 128..255 of the warpgroup's 64 rows
 #pragma unroll
@@ -234,15 +242,14 @@ __global__ void __launch_bounds__(THREADS, 1)
       for (int half = 0; half < 2; ++half) {
         const int64_t row = row0 + 8 * half;
         if (row >= M) continue;
-        const T v0 = to_out<T>(d[4 * j + 2 * half] + b0);
+        const float v0 = d[4 * j + 2 * half] + b0;
+        const float v1 = d[4 * j + 2 * half + 1] + b1;
         T* dst = C + row * N + col;
         if (two && pairs) {
-          const T v1 = to_out<T>(d[4 * j + 2 * half + 1] + b1);
-          __align__(4) T pair[2] = {v0, v1};
-          *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(pair);
+          store_pair(dst, v0, v1);
         } else {
-          dst[0] = v0;
-          if (two) dst[1] = to_out<T>(d[4 * j + 2 * half + 1] + b1);
+          dst[0] = to_out<T>(v0);
+          if (two) dst[1] = to_out<T>(v1);
         }
       }
     }

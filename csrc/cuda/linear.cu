@@ -275,8 +275,9 @@ bool is_sm90(int device) {
 // K a multiple of 8 (whole 16-byte chunks).
 bool wgmma_takes(at::ScalarType dtype, const GemmProblem& p) {
 #if defined(FASTNN_SM90A)
+  if (dtype != at::kHalf && dtype != at::kBFloat16) return false;
   const WgmmaMode mode = wgmma_mode();
-  if (mode == WgmmaMode::kOff || (dtype != at::kHalf && dtype != at::kBFloat16)) return false;
+  if (mode == WgmmaMode::kOff) return false;
   const auto aligned = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
   if (p.K % 8 != 0 || (p.layout != Layout::TN && !aligned(p.A)) ||
       (p.layout == Layout::NT && !aligned(p.B)))
