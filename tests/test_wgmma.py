@@ -1,11 +1,13 @@
 """The Hopper wgmma GEMM (csrc/cuda/gemm_sm90.cuh), opt-in through FASTNN_WGMMA.
 
+float16, bfloat16, and float32 with TF32 allowed (torch.backends.cuda.matmul.allow_tf32).
+
 The switch is read once per process, so the products run in a child process started
 with FASTNN_WGMMA=all (every product the kernel can take, small ones included, to
 reach its edge handling). Each case checks forward, dx and dW against a float64
 reference and bitwise run-to-run equality, and that the wgmma kernel really ran for
-the products it can take: the forward when K % 8 == 0, dx (via W^T) when N % 8 == 0,
-dW (via dy^T and x^T) when M % 8 == 0.
+the products it can take (reduction lengths in whole 16-byte chunks: 8 half elements,
+4 floats): the forward when K is, dx (via W^T) when N is, dW (via dy^T and x^T) when M is.
 """
 import json
 import os
@@ -30,8 +32,9 @@ pytestmark = [
 # (M, K, N): x (M, K), W (N, K). Tails in every dimension, K not a multiple of the
 # 64-element K tile, odd N (scalar stores), tiny and one-wave-sized problems.
 SHAPES = [(1, 8, 3), (8, 16, 8), (64, 784, 256), (300, 264, 301), (130, 4104, 257),
-          (257, 1000, 130), (1000, 1000, 1000), (2048, 512, 4096)]
-TOL = 1e-2  # max |out - ref| / (|A| . |B|), elementwise; half-type inputs, float32 sums
+          (257, 1000, 130), (1000, 1000, 1000), (2048, 512, 4096), (36, 20, 12)]
+# max |out - ref| / (|A| . |B|), elementwise; float32 sums of half-type / TF32 products
+TOL = {"torch.float16": 1e-2, "torch.bfloat16": 1e-2, "torch.float32": 5e-3}
 
 CHILD = r"""
 import json, sys
@@ -49,8 +52,9 @@ def err(out, ref, scale):
     return ((out.double() - ref).abs() / (scale + 1e-30)).max().item()
 
 
+torch.backends.cuda.matmul.allow_tf32 = True  # float32 products may use TF32
 results = []
-for dt in (torch.float16, torch.bfloat16):
+for dt in (torch.float16, torch.bfloat16, torch.float32):
     for M, K, N in shapes:
         g = torch.Generator(device=device).manual_seed(M * 10007 + K * 101 + N)
         rnd = lambda *s: torch.randn(*s, device=device, generator=g).to(dt)
@@ -87,21 +91,22 @@ def run_child(device: str, shapes) -> list:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def expected_launches(M: int, K: int, N: int) -> int:
-    return int(K % 8 == 0) + int(N % 8 == 0) + int(M % 8 == 0)
+def expected_launches(dtype: str, M: int, K: int, N: int) -> int:
+    chunk = 4 if dtype == "torch.float32" else 8
+    return int(K % chunk == 0) + int(N % chunk == 0) + int(M % chunk == 0)
 
 
 def test_wgmma_gemm_matches_reference():
     results = run_child("cuda", SHAPES)
-    assert len(results) == 2 * len(SHAPES)
+    assert len(results) == 3 * len(SHAPES)
     # Which kernels ran is read from torch.profiler (CUPTI); without it no kernel shows up.
     profiled = any(r["kernels_seen"] for r in results)
     bad = []
     for r in results:
         M, K, N = r["shape"]
         worst = max(r["y"], r["dx"], r["dw"])
-        launches_ok = not profiled or r["wgmma_launches"] == expected_launches(M, K, N)
-        if worst > TOL or not r["same"] or not launches_ok:
+        launches_ok = not profiled or r["wgmma_launches"] == expected_launches(r["dtype"], M, K, N)
+        if worst > TOL[r["dtype"]] or not r["same"] or not launches_ok:
             bad.append(r)
     assert not bad, json.dumps(bad, indent=1)
     if not profiled:

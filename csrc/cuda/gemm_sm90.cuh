@@ -1,24 +1,26 @@
-// fastnn Hopper tensor-core GEMM (wgmma, sm_90a) for float16 / bfloat16, used by
-// csrc/cuda/linear.cu for large problems when the extension is built for sm_90a.
+// fastnn Hopper tensor-core GEMM (wgmma, sm_90a) for float16 / bfloat16, and for
+// float32 as TF32 (when matmuls may use TF32), used by csrc/cuda/linear.cu for large
+// problems when the extension is built for sm_90a.
 //
 // Computes C[M,N] = A[M,K] . B[N,K]^T (+ bias[n]): both operands K-contiguous
 // ("NT", Linear's forward y = x . W^T), float32 accumulators, bias added in
-// float32 and the result rounded once to T. Needs K % 8 == 0 and 16-byte aligned
-// A and B (whole 16-byte chunks along K); M and N are arbitrary (tails are
-// zero-filled on load and skipped on store).
+// float32 and the result rounded once to T. Needs K a multiple of a 16-byte chunk
+// (8 half elements, 4 floats) and 16-byte aligned A and B; M and N are arbitrary
+// (tails are zero-filled on load and skipped on store).
 //
 // Work split: one block of 256 threads = 2 warpgroups per 128 x 256 output tile
 // (blockIdx.x: M tiles, blockIdx.y: N tiles). Warpgroup g owns rows 64g..64g+63
-// and all 256 columns as two m64n128k16 accumulators (2 x 64 float registers
-// per thread).
+// and all 256 columns as two m64n128 accumulators (2 x 64 float registers per
+// thread), advanced by wgmma m64n128k16 (16-bit types) or m64n128k8 (TF32): 32
+// bytes of K per step either way.
 //
-// Shared memory: a STAGES-deep ring of K tiles of 64 elements (128 bytes per row):
-// A tile [128][64] then B tile [256][64] per stage, 48 KB, each row stored with
-// the 128-byte swizzle that wgmma's descriptors name (16-byte chunk c of row r
+// Shared memory: a STAGES-deep ring of K tiles of 128 bytes per row (64 half
+// elements, 32 floats): A tile [128 rows] then B tile [256 rows] per stage, 48 KB,
+// each row stored with the 128-byte swizzle that wgmma's descriptors name (16-byte chunk c of row r
 // at chunk c ^ (r % 8); the ring starts 1024-byte aligned so the pattern lines up
 // with the hardware's). Descriptor: start address, stride between 8-row groups
 // (SBO) 1024 bytes, leading offset unused for a swizzled K-major operand; the k-th
-// 16-element step of a tile starts 32 * k bytes further.
+// 32-byte step of a tile starts 32 * k bytes further.
 //
 // Pipeline, per K tile kt (all 256 threads both copy and multiply):
 //   wait for this thread's copies of tile kt (cp.async groups), proxy fence (the
@@ -29,10 +31,10 @@
 // So STAGES - 2 tiles are in flight ahead of the one being multiplied, and one
 // group of wgmmas overlaps the next round's copies.
 //
-// Epilogue: the accumulator layout of m64nNk16 -- thread t of a warpgroup, warp
+// Epilogue: the accumulator layout of m64nN (f32) -- thread t of a warpgroup, warp
 // w = t / 32, lane l: register 4j + {0,1} holds row 16w + l/4, columns
 // 8j + 2(l%4) + {0,1}; register 4j + {2,3} the same columns of row 16w + l/4 + 8 --
-// converted and stored straight from registers (4-byte pairs when N is even).
+// converted and stored straight from registers (pairs when N is even).
 //
 // Compiled only in the sm_90a pass (__CUDA_ARCH_FEAT_SM90_ALL); in any other
 // pass the kernel traps, and linear.cu launches it only on a compute-capability
@@ -82,35 +84,44 @@ __device__ __forceinline__ void fence_acc(float (&d)[64]) {
 #define FASTNN_ACC8(i)                                                                      \
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
       "+f"(d[i + 6]), "+f"(d[i + 7])
-#define FASTNN_WGMMA_M64N128K16(TYPE)                                                       \
+// INSTR: the instruction with its shape and types; IMM: the immediates after scale-d
+// (scale-a, scale-b, and for the 16-bit types trans-a, trans-b: 0 = K-major).
+#define FASTNN_WGMMA_M64N128(INSTR, IMM)                                                    \
   asm volatile(                                                                             \
       "{\n"                                                                                 \
       ".reg .pred p;\n"                                                                      \
       "setp.ne.b32 p, %66, 0;\n"                                                             \
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE "\n"                     \
+      INSTR "\n"                                                                            \
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"            \
       " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,\n"  \
       " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,\n"  \
       " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},\n" \
-      " %64, %65, p, 1, 1, 0, 0;\n"                                                          \
+      " %64, %65, p, " IMM ";\n"                                                            \
       "}\n"                                                                                 \
       : FASTNN_ACC8(0), FASTNN_ACC8(8), FASTNN_ACC8(16), FASTNN_ACC8(24), FASTNN_ACC8(32),   \
         FASTNN_ACC8(40), FASTNN_ACC8(48), FASTNN_ACC8(56)                                    \
       : "l"(da), "l"(db), "r"(1))
 
-// d += A . B^T for one 64 x 128 x 16 step (scale-d = 1: accumulate).
+// d += A . B^T for one 64 x 128 x (32 bytes of K) step: k16 for the 16-bit types, k8
+// for TF32 (float32 read from shared memory, low mantissa bits ignored); scale-d = 1.
 template <typename T>
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db);
+__device__ __forceinline__ void wgmma_m64n128_step(float (&d)[64], uint64_t da, uint64_t db);
 template <>
-__device__ __forceinline__ void wgmma_m64n128k16<__half>(float (&d)[64], uint64_t da, uint64_t db) {
-  FASTNN_WGMMA_M64N128K16("f16");
+__device__ __forceinline__ void wgmma_m64n128_step<__half>(float (&d)[64], uint64_t da,
+                                                           uint64_t db) {
+  FASTNN_WGMMA_M64N128("wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16", "1, 1, 0, 0");
 }
 template <>
-__device__ __forceinline__ void wgmma_m64n128k16<__nv_bfloat16>(float (&d)[64], uint64_t da,
-                                                                uint64_t db) {
-  FASTNN_WGMMA_M64N128K16("bf16");
+__device__ __forceinline__ void wgmma_m64n128_step<__nv_bfloat16>(float (&d)[64], uint64_t da,
+                                                                  uint64_t db) {
+  FASTNN_WGMMA_M64N128("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16", "1, 1, 0, 0");
 }
-#undef FASTNN_WGMMA_M64N128K16
+template <>
+__device__ __forceinline__ void wgmma_m64n128_step<float>(float (&d)[64], uint64_t da,
+                                                          uint64_t db) {
+  FASTNN_WGMMA_M64N128("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32", "1, 1");
+}
+#undef FASTNN_WGMMA_M64N128
 #undef FASTNN_ACC8
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -137,6 +148,12 @@ __device__ __forceinline__ void store_pair(__half* dst, float a, float b) {
 __device__ __forceinline__ void store_pair(__nv_bfloat16* dst, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(a, b);
 }
+template <>
+__device__ __forceinline__ float to_out<float>(float v) { return v; }
+__device__ __forceinline__ void store_pair(float* dst, float a, float b) {
+  *reinterpret_cast<float2*>(dst) = make_float2(a, b);
+}
+__device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 
@@ -212,8 +229,8 @@ __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
     for (int k = 0; k < BK_BYTES / 32; ++k) {
       const uint64_t da = smem_desc(a_base + 32 * k);
-      wgmma_m64n128k16<T>(acc0, da, smem_desc(b_base + 32 * k));
-      wgmma_m64n128k16<T>(acc1, da, smem_desc(b_base + 128 * BK_BYTES + 32 * k));
+      wgmma_m64n128_step<T>(acc0, da, smem_desc(b_base + 32 * k));
+      wgmma_m64n128_step<T>(acc1, da, smem_desc(b_base + 128 * BK_BYTES + 32 * k));
     }
     wgmma_commit();
     fence_acc(acc0);

@@ -47,13 +47,14 @@
 //   adds the bias (the epilogue of the split path). No atomics anywhere: bitwise
 //   reproducible run to run. The split count depends only on the shape and the
 //   GPU's SM count.
-//   * float16 / bfloat16 on Hopper, opt-in (FASTNN_WGMMA=1 or all; not yet run on a
-//     GPU): wgmma_gemm_nt_kernel (gemm_sm90.cuh), block 128x256, two warpgroups of
-//     wgmma m64n128k16, 4-stage cp.async ring in the 128-byte-swizzled layout wgmma
-//     reads. It takes "NT" only, so for it dx's W and dW's dy and x are first copied
-//     K-contiguous (W^T, dy^T, x^T). Built when the arch list names 9.0a; used on
-//     compute-capability 9.0 GPUs when K % 8 == 0 and the in-place operands are
-//     16-byte aligned (FASTNN_WGMMA=1: and the output fills one wave of tiles).
+//   * float16 / bfloat16 (and TF32) on Hopper, opt-in (FASTNN_WGMMA=1 or all; not
+//     yet run on a GPU): wgmma_gemm_nt_kernel (gemm_sm90.cuh), block 128x256, two
+//     warpgroups of wgmma m64n128, 4-stage cp.async ring in the 128-byte-swizzled
+//     layout wgmma reads. It takes "NT" only, so for it dx's W and dW's dy and x are
+//     first copied K-contiguous (W^T, dy^T, x^T). Built when the arch list names
+//     9.0a; used on compute-capability 9.0 GPUs when K is whole 16-byte chunks and
+//     the in-place operands are 16-byte aligned (FASTNN_WGMMA=1: and the output
+//     fills one wave of tiles).
 //   * db: colsum_kernel, fixed 1024-row chunks (32 columns x 8 row groups per
 //     block, fixed-order combine), a second launch sums the chunk partials.
 // All launches use the current stream, no host synchronisation, no cudaMalloc
@@ -269,17 +270,18 @@ bool is_sm90(int device) {
 }
 #endif
 
-// Whether the wgmma kernel (half types, "NT" only) takes problem p once the operands
-// that are not K-contiguous (B for "NN", A and B for "TN") are replaced by K-contiguous
-// copies (fresh, so aligned): the operands used in place must be 16-byte aligned, and
-// K a multiple of 8 (whole 16-byte chunks).
+// Whether the wgmma kernel (half types, or float32 as TF32 when allowed; "NT" only)
+// takes problem p once the operands that are not K-contiguous (B for "NN", A and B
+// for "TN") are replaced by K-contiguous copies (fresh, so aligned): the operands
+// used in place must be 16-byte aligned, and K whole 16-byte chunks.
 bool wgmma_takes(at::ScalarType dtype, const GemmProblem& p) {
 #if defined(FASTNN_SM90A)
-  if (dtype != at::kHalf && dtype != at::kBFloat16) return false;
+  const bool tf32 = dtype == at::kFloat && at::globalContext().allowTF32CuBLAS();
+  if (dtype != at::kHalf && dtype != at::kBFloat16 && !tf32) return false;
   const WgmmaMode mode = wgmma_mode();
   if (mode == WgmmaMode::kOff) return false;
   const auto aligned = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
-  if (p.K % 8 != 0 || (p.layout != Layout::TN && !aligned(p.A)) ||
+  if (p.K % (tf32 ? 4 : 8) != 0 || (p.layout != Layout::TN && !aligned(p.A)) ||
       (p.layout == Layout::NT && !aligned(p.B)))
     return false;
   if (ceil_div(p.N, gemm::sm90::BN) > 65535 || ceil_div(p.M, gemm::sm90::BM) > INT_MAX) return false;
@@ -317,7 +319,8 @@ void run_tensor_core(const GemmProblem& p) {
 void run_gemm(at::ScalarType dtype, const GemmProblem& p) {
   if (p.layout == Layout::NT && wgmma_takes(dtype, p)) {
     if (dtype == at::kHalf) run_wgmma<__half>(p);
-    else run_wgmma<__nv_bfloat16>(p);
+    else if (dtype == at::kBFloat16) run_wgmma<__nv_bfloat16>(p);
+    else run_wgmma<float>(p);  // TF32
     return;
   }
   switch (dtype) {
