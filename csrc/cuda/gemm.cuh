@@ -63,7 +63,7 @@ struct RawOf<__half> { using type = unsigned short; };
 template <>
 struct RawOf<__nv_bfloat16> { using type = unsigned short; };
 
-__device__ __forceinline__ bool aligned16(const void* p) {
+__host__ __device__ __forceinline__ bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
 }
 
@@ -331,13 +331,17 @@ struct WmmaCfg {
                 "wmma tiles must stay 32-byte aligned");
 };
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+// 16-byte global -> shared copy to the shared-space address `smem`; !valid: nothing
+// is read and the 16 bytes are zero-filled.
+__device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem, bool valid) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int n = valid ? 16 : 0;  // 0: nothing is read, the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
+               "r"(valid ? 16 : 0)
                : "memory");
 #endif
+}
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  cp_async16(static_cast<uint32_t>(__cvta_generic_to_shared(smem)), gmem, valid);
 }
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

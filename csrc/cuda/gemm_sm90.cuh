@@ -46,6 +46,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "gemm.cuh"  // to_acc / from_acc, cp_async16 / cp_async_commit / cp_async_wait
+
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FASTNN_WGMMA_DEVICE 1
 #endif
@@ -67,12 +69,6 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
          | (static_cast<uint64_t>(1) << 16)             // leading byte offset (unused here)
          | (static_cast<uint64_t>(1024 >> 4) << 32)     // stride byte offset: 8 rows x 128 B
          | (static_cast<uint64_t>(1) << 62);            // 128-byte swizzle
-}
-
-__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
 }
 
 // Keeps the compiler from moving accumulator accesses across the wgmma fences.
@@ -133,14 +129,6 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
-template <typename T>
-__device__ __forceinline__ T to_out(float v);
-template <>
-__device__ __forceinline__ __half to_out<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 to_out<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 // Two adjacent outputs rounded and stored as one 4-byte word (dst 4-byte aligned).
 __device__ __forceinline__ void store_pair(__half* dst, float a, float b) {
   *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(a, b);
@@ -148,14 +136,9 @@ __device__ __forceinline__ void store_pair(__half* dst, float a, float b) {
 __device__ __forceinline__ void store_pair(__nv_bfloat16* dst, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(a, b);
 }
-template <>
-__device__ __forceinline__ float to_out<float>(float v) { return v; }
 __device__ __forceinline__ void store_pair(float* dst, float a, float b) {
   *reinterpret_cast<float2*>(dst) = make_float2(a, b);
 }
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 // Copies K tile kt of the block's A rows and B rows into one stage (swizzled).
 template <typename T>
@@ -172,14 +155,14 @@ __device__ __forceinline__ void load_stage(uint32_t stage, const T* __restrict__
     const int r = tid / CPR + i * (THREADS / CPR);
     const bool ok = k_ok && m0 + r < M;
     const uint32_t dst = stage + r * BK_BYTES + ((c ^ (r & 7)) << 4);
-    cp_async16_zfill(dst, ok ? A + (m0 + r) * K + k : A, ok);
+    cp_async16(dst, ok ? A + (m0 + r) * K + k : A, ok);
   }
 #pragma unroll
   for (int i = 0; i < BN * CPR / THREADS; ++i) {
     const int r = tid / CPR + i * (THREADS / CPR);
     const bool ok = k_ok && n0 + r < N;
     const uint32_t dst = stage + A_TILE_BYTES + r * BK_BYTES + ((c ^ (r & 7)) << 4);
-    cp_async16_zfill(dst, ok ? B + (n0 + r) * K + k : B, ok);
+    cp_async16(dst, ok ? B + (n0 + r) * K + k : B, ok);
   }
 }
 
@@ -207,18 +190,18 @@ __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
   for (int s = 0; s < STAGES - 2; ++s) {
     if (s < k_tiles) load_stage(ring + s * STAGE_BYTES, A, B, M, N, K, m0, n0, s, tid);
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    cp_async_commit();
   }
 
   for (int64_t kt = 0; kt < k_tiles; ++kt) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 3) : "memory");
+    cp_async_wait<STAGES - 3>();
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
     const int64_t next = kt + STAGES - 2;
     if (next < k_tiles)
       load_stage(ring + static_cast<uint32_t>(next % STAGES) * STAGE_BYTES, A, B, M, N, K, m0, n0,
                  next, tid);
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    cp_async_commit();
 
     const uint32_t stage = ring + static_cast<uint32_t>(kt % STAGES) * STAGE_BYTES;
     const uint32_t a_base = stage + wg * 64 * BK_BYTES;
@@ -253,8 +236,8 @@ __global__ void __launch_bounds__(THREADS, 1)
       const int64_t col = n0 + h * 128 + 8 * j + 2 * (lane % 4);
       if (col >= N) continue;
       const bool two = col + 1 < N;
-      const float b0 = bias ? to_f32(bias[col]) : 0.f;
-      const float b1 = bias && two ? to_f32(bias[col + 1]) : 0.f;
+      const float b0 = bias ? to_acc(bias[col]) : 0.f;
+      const float b1 = bias && two ? to_acc(bias[col + 1]) : 0.f;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int64_t row = row0 + 8 * half;
@@ -265,8 +248,8 @@ __global__ void __launch_bounds__(THREADS, 1)
         if (two && pairs) {
           store_pair(dst, v0, v1);
         } else {
-          dst[0] = to_out<T>(v0);
-          if (two) dst[1] = to_out<T>(v1);
+          dst[0] = from_acc<T>(v0);
+          if (two) dst[1] = from_acc<T>(v1);
         }
       }
     }

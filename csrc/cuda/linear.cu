@@ -87,16 +87,19 @@ namespace {
 
 enum class Layout { NT, NN, TN };
 
-int sm_count(int device) {
-  static std::array<std::atomic<int>, 128> cache{};
-  if (device < 0 || device >= 128) return 132;
-  int v = cache[device].load(std::memory_order_relaxed);
-  if (v == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
-    if (v <= 0) v = 1;
-    cache[device].store(v, std::memory_order_relaxed);
-  }
+// cudaDeviceGetAttribute, read once per device (the attributes used here are fixed).
+template <cudaDeviceAttr kAttr>
+int device_attr(int device) {
+  static std::array<std::atomic<int>, 128> cache{};  // value + 1; 0: not read yet
+  int v = device >= 0 && device < 128 ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (v > 0) return v - 1;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, kAttr, device));
+  if (device >= 0 && device < 128) cache[device].store(v + 1, std::memory_order_relaxed);
   return v;
+}
+
+int sm_count(int device) {
+  return std::max(1, device_attr<cudaDevAttrMultiProcessorCount>(device));
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -232,15 +235,14 @@ bool async_ok(const GemmProblem& p, int64_t elem_bytes) {
   const int64_t vec = 16 / elem_bytes;
   const bool a_kmaj = p.layout != Layout::TN;
   const bool b_kmaj = p.layout == Layout::NT;
-  const auto al = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
-  return al(p.A) && al(p.B) && (a_kmaj ? p.K : p.M) % vec == 0 && (b_kmaj ? p.K : p.N) % vec == 0;
+  return gemm::aligned16(p.A) && gemm::aligned16(p.B) && (a_kmaj ? p.K : p.M) % vec == 0 && (b_kmaj ? p.K : p.N) % vec == 0;
 }
 
-// The Hopper wgmma GEMM (gemm_sm90.cuh) for the half types' forward ("NT"). Opt-in
-// until it has been verified on a GPU: FASTNN_WGMMA=1 takes it for problems of at
-// least one full wave of 128 x 256 tiles, FASTNN_WGMMA=all for every problem it
-// can take (to test its edge handling on small shapes). Needs a build whose arch
-// list names 9.0a (FASTNN_SM90A) and a compute-capability 9.0 device.
+// The Hopper wgmma GEMM (gemm_sm90.cuh): float16 / bfloat16, and float32 as TF32 when
+// allowed. Opt-in until it has been verified on a GPU: FASTNN_WGMMA=1 takes it for
+// problems of at least one full wave of 128 x 256 tiles, FASTNN_WGMMA=all for every
+// problem it can take (to test its edge handling on small shapes). Needs a build
+// whose arch list names 9.0a (FASTNN_SM90A) and a compute-capability 9.0 device.
 #if defined(FASTNN_SM90A)
 enum class WgmmaMode { kOff, kLarge, kAll };
 
@@ -256,17 +258,8 @@ WgmmaMode wgmma_mode() {
 }
 
 bool is_sm90(int device) {
-  static std::array<std::atomic<int>, 128> cache{};  // 0 unknown, 1 yes, 2 no
-  if (device < 0 || device >= 128) return false;
-  int v = cache[device].load(std::memory_order_relaxed);
-  if (v == 0) {
-    int major = 0, minor = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-    v = major == 9 && minor == 0 ? 1 : 2;
-    cache[device].store(v, std::memory_order_relaxed);
-  }
-  return v == 1;
+  return device_attr<cudaDevAttrComputeCapabilityMajor>(device) == 9 &&
+         device_attr<cudaDevAttrComputeCapabilityMinor>(device) == 0;
 }
 #endif
 
@@ -280,9 +273,8 @@ bool wgmma_takes(at::ScalarType dtype, const GemmProblem& p) {
   if (dtype != at::kHalf && dtype != at::kBFloat16 && !tf32) return false;
   const WgmmaMode mode = wgmma_mode();
   if (mode == WgmmaMode::kOff) return false;
-  const auto aligned = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
-  if (p.K % (tf32 ? 4 : 8) != 0 || (p.layout != Layout::TN && !aligned(p.A)) ||
-      (p.layout == Layout::NT && !aligned(p.B)))
+  if (p.K % (tf32 ? 4 : 8) != 0 || (p.layout != Layout::TN && !gemm::aligned16(p.A)) ||
+      (p.layout == Layout::NT && !gemm::aligned16(p.B)))
     return false;
   if (ceil_div(p.N, gemm::sm90::BN) > 65535 || ceil_div(p.M, gemm::sm90::BM) > INT_MAX) return false;
   if (mode == WgmmaMode::kLarge && tiles_of(p, gemm::sm90::BM, gemm::sm90::BN) < p.sms) return false;
