@@ -38,7 +38,7 @@ struct LinearFunction : public autograd::Function<LinearFunction> {
                                       has_bias && ctx->needs_input_grad(2)};
     variable_list out(3);
     {
-      at::NoGradGuard no_grad;
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       auto [dx, dw, db] = ops::linear_backward(grads[0], saved[0], saved[1], mask);
       out[0] = dx.value_or(at::Tensor());
       out[1] = dw.value_or(at::Tensor());

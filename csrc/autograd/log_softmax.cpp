@@ -29,7 +29,7 @@ struct LogSoftmaxFunction : public autograd::Function<LogSoftmaxFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     variable_list out(2);  // (input, dim)
     {
-      at::NoGradGuard no_grad;
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       out[0] = ops::log_softmax_backward(grads[0], ctx->get_saved_variables()[0],
                                          ctx->saved_data["dim"].toInt());
     }

@@ -44,7 +44,7 @@ struct NLLLossFunction : public autograd::Function<NLLLossFunction> {
     variable_list out(6);  // (input, target, weight, reduction, ignore_index, total_weight_out)
     const auto saved = ctx->get_saved_variables();
     {
-      at::NoGradGuard no_grad;
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       out[0] = ops::nll_loss_backward(grads[0], saved[0], saved[1],
                                       autograd::optional_of(saved[2]),
                                       ctx->saved_data["reduction"].toInt(),

@@ -22,7 +22,7 @@ using autograd::variable_list;
 variable_list relu_grad(AutogradContext* ctx, const variable_list& grads) {
   variable_list out(1);
   {
-    at::NoGradGuard no_grad;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     out[0] = ops::relu_backward(grads[0], ctx->get_saved_variables()[0]);
   }
   return autograd::once_differentiable(std::move(out), "relu");
