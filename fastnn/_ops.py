@@ -5,11 +5,18 @@ csrc/registry.cpp). The ``register_fake`` functions describe each op's outputs
 (shape, dtype, device) without running it, so ``torch.compile`` and
 ``torch.library.opcheck`` can trace the ops. All outputs are dense: contiguous, except
 relu's, which take their input's layout as ``torch.empty_like`` does.
+
+The differentiable (forward) wrappers call the op, whose autograd is in C++, except while a
+torch.func transform is active: then they go through ``_func``'s Python autograd Functions,
+which functorch supports (it refuses C++ ones).
 """
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from . import _func
+from ._func import transforms_active as _transforms_active
 
 _ops = torch.ops.fastnn
 
@@ -27,6 +34,8 @@ def reduction_enum(reduction: str) -> int:
 # ----------------------------------------------------------------------------- wrappers
 
 def linear_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    if _transforms_active():
+        return _func.linear(input, weight, bias)
     return _ops.linear_forward.default(input, weight, bias)
 
 
@@ -36,10 +45,14 @@ def linear_backward(grad_output: Tensor, input: Tensor, weight: Tensor, output_m
 
 
 def relu_forward(input: Tensor) -> Tensor:
+    if _transforms_active():
+        return _func.relu(input)
     return _ops.relu_forward.default(input)
 
 
 def relu_forward_(input: Tensor) -> Tensor:
+    if _transforms_active():
+        return _func.relu_(input)
     _ops.relu_forward_.default(input)
     return input
 
@@ -49,6 +62,8 @@ def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:
 
 
 def log_softmax_forward(input: Tensor, dim: int) -> Tensor:
+    if _transforms_active():
+        return _func.log_softmax(input, dim)
     return _ops.log_softmax_forward.default(input, dim)
 
 
@@ -58,6 +73,8 @@ def log_softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tenso
 
 def nll_loss_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int,
                      ignore_index: int) -> Tuple[Tensor, Tensor]:
+    if _transforms_active():
+        return _func.nll_loss(input, target, weight, reduction, ignore_index)
     return _ops.nll_loss_forward.default(input, target, weight, reduction, ignore_index)
 
 
@@ -69,6 +86,8 @@ def nll_loss_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight
 
 def cross_entropy_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int,
                           ignore_index: int) -> Tuple[Tensor, Tensor, Tensor]:
+    if _transforms_active():
+        return _func.cross_entropy(input, target, weight, reduction, ignore_index)
     return _ops.cross_entropy_forward.default(input, target, weight, reduction, ignore_index)
 
 

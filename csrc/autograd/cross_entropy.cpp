@@ -1,5 +1,5 @@
-// fastnn fused cross-entropy under autograd: the Autograd-key kernel of
-// fastnn::cross_entropy_forward.
+// fastnn fused cross-entropy under autograd: the Autograd-key kernels of
+// fastnn::cross_entropy_forward and (once-differentiable) fastnn::cross_entropy_backward.
 //
 // Forward:  m_i = max_c x[i, c],  lg_i = log(sum_c exp(x[i, c] - m_i))
 //           loss_i = -w[t_i] * ((x[i, t_i] - m_i) - lg_i) (0 where t_i == ignore_index),
@@ -49,15 +49,12 @@ struct CrossEntropyFunction : public autograd::Function<CrossEntropyFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     variable_list out(6);  // (input, target, weight, reduction, ignore_index, side_out)
     const auto saved = ctx->get_saved_variables();
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      out[0] = ops::cross_entropy_backward(grads[0], saved[0], saved[1],
-                                           autograd::optional_of(saved[2]),
-                                           ctx->saved_data["reduction"].toInt(),
-                                           ctx->saved_data["ignore_index"].toInt(), saved[3],
-                                           saved[4]);
-    }
-    return autograd::once_differentiable(std::move(out), "cross_entropy");
+    out[0] = ops::cross_entropy_backward(grads[0], saved[0], saved[1],
+                                         autograd::optional_of(saved[2]),
+                                         ctx->saved_data["reduction"].toInt(),
+                                         ctx->saved_data["ignore_index"].toInt(), saved[3],
+                                         saved[4]);
+    return out;
   }
 };
 
@@ -75,10 +72,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_autograd(
   return {loss, side[0], side[1]};
 }
 
+at::Tensor cross_entropy_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
+                                           const at::Tensor& target,
+                                           const std::optional<at::Tensor>& weight,
+                                           int64_t reduction, int64_t ignore_index,
+                                           const at::Tensor& lse, const at::Tensor& total_weight) {
+  at::Tensor dx = autograd::below_autograd([&] {
+    return ops::cross_entropy_backward(grad_output, input, target, weight, reduction,
+                                       ignore_index, lse, total_weight);
+  });
+  return autograd::once_differentiable({dx}, "cross_entropy", grad_output, input, weight)[0];
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastnn, Autograd, m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward_autograd);
+  m.impl("cross_entropy_backward", &cross_entropy_backward_autograd);
 }
 
 }  // namespace fastnn

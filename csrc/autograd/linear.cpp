@@ -1,4 +1,5 @@
-// fastnn Linear under autograd: the Autograd-key kernel of fastnn::linear_forward.
+// fastnn Linear under autograd: the Autograd-key kernels of fastnn::linear_forward and
+// (once-differentiable) fastnn::linear_backward.
 //
 // Forward:  y = x W^T + b        x (*, in), W (out, in), b (out) optional -> y (*, out)
 // Backward: dx = dy W            (shape of x)
@@ -10,7 +11,9 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
+#include <tuple>
 
 #include "fastnn/autograd.h"
 #include "fastnn/ops.h"
@@ -36,15 +39,8 @@ struct LinearFunction : public autograd::Function<LinearFunction> {
     // Autograd's edges count only tensor arguments: the bias is edge 2 when present.
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       has_bias && ctx->needs_input_grad(2)};
-    variable_list out(3);
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      auto [dx, dw, db] = ops::linear_backward(grads[0], saved[0], saved[1], mask);
-      out[0] = dx.value_or(at::Tensor());
-      out[1] = dw.value_or(at::Tensor());
-      out[2] = db.value_or(at::Tensor());
-    }
-    return autograd::once_differentiable(std::move(out), "linear");
+    auto [dx, dw, db] = ops::linear_backward(grads[0], saved[0], saved[1], mask);
+    return {dx.value_or(at::Tensor()), dw.value_or(at::Tensor()), db.value_or(at::Tensor())};
   }
 };
 
@@ -57,10 +53,27 @@ at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& we
   return LinearFunction::apply(input, weight, bias);
 }
 
+using OptTensor = std::optional<at::Tensor>;
+
+std::tuple<OptTensor, OptTensor, OptTensor> linear_backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    std::array<bool, 3> output_mask) {
+  auto grads = autograd::below_autograd(
+      [&] { return ops::linear_backward(grad_output, input, weight, output_mask); });
+  if (!autograd::needs_graph(grad_output, input, weight)) return grads;
+  auto [dx, dw, db] = grads;
+  auto out = autograd::once_differentiable(
+      {dx.value_or(at::Tensor()), dw.value_or(at::Tensor()), db.value_or(at::Tensor())},
+      "linear", grad_output, input, weight);
+  return {autograd::optional_of(out[0]), autograd::optional_of(out[1]),
+          autograd::optional_of(out[2])};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastnn, Autograd, m) {
   m.impl("linear_forward", &linear_forward_autograd);
+  m.impl("linear_backward", &linear_backward_autograd);
 }
 
 }  // namespace fastnn

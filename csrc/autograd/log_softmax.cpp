@@ -1,5 +1,5 @@
-// fastnn LogSoftmax under autograd: the Autograd-key kernel of
-// fastnn::log_softmax_forward.
+// fastnn LogSoftmax under autograd: the Autograd-key kernels of
+// fastnn::log_softmax_forward and (once-differentiable) fastnn::log_softmax_backward.
 //
 // Forward:  y = x - log(sum(exp(x), dim))        any shape, any dim
 // Backward: dx = dy - exp(y) * sum(dy, dim)      from the saved output y
@@ -27,13 +27,10 @@ struct LogSoftmaxFunction : public autograd::Function<LogSoftmaxFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(2);  // (input, dim)
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      out[0] = ops::log_softmax_backward(grads[0], ctx->get_saved_variables()[0],
-                                         ctx->saved_data["dim"].toInt());
-    }
-    return autograd::once_differentiable(std::move(out), "log_softmax");
+    // (input, dim): no gradient for dim.
+    return {ops::log_softmax_backward(grads[0], ctx->get_saved_variables()[0],
+                                      ctx->saved_data["dim"].toInt()),
+            at::Tensor()};
   }
 };
 
@@ -45,10 +42,18 @@ at::Tensor log_softmax_forward_autograd(const at::Tensor& input, int64_t dim) {
   return LogSoftmaxFunction::apply(input, dim);
 }
 
+at::Tensor log_softmax_backward_autograd(const at::Tensor& grad_output, const at::Tensor& output,
+                                         int64_t dim) {
+  at::Tensor dx = autograd::below_autograd(
+      [&] { return ops::log_softmax_backward(grad_output, output, dim); });
+  return autograd::once_differentiable({dx}, "log_softmax", grad_output, output)[0];
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastnn, Autograd, m) {
   m.impl("log_softmax_forward", &log_softmax_forward_autograd);
+  m.impl("log_softmax_backward", &log_softmax_backward_autograd);
 }
 
 }  // namespace fastnn

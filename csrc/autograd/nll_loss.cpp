@@ -1,4 +1,5 @@
-// fastnn NLLLoss under autograd: the Autograd-key kernel of fastnn::nll_loss_forward.
+// fastnn NLLLoss under autograd: the Autograd-key kernels of fastnn::nll_loss_forward and
+// (once-differentiable) fastnn::nll_loss_backward.
 //
 // Forward:  loss_i = -w[t_i] * x[i, t_i] (0 where t_i == ignore_index), reduced by
 //           `reduction`; x (N, C), (C) or (N, C, d1, ...), t of x's shape without C.
@@ -43,14 +44,10 @@ struct NLLLossFunction : public autograd::Function<NLLLossFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     variable_list out(6);  // (input, target, weight, reduction, ignore_index, total_weight_out)
     const auto saved = ctx->get_saved_variables();
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      out[0] = ops::nll_loss_backward(grads[0], saved[0], saved[1],
-                                      autograd::optional_of(saved[2]),
-                                      ctx->saved_data["reduction"].toInt(),
-                                      ctx->saved_data["ignore_index"].toInt(), saved[3]);
-    }
-    return autograd::once_differentiable(std::move(out), "nll_loss");
+    out[0] = ops::nll_loss_backward(grads[0], saved[0], saved[1], autograd::optional_of(saved[2]),
+                                    ctx->saved_data["reduction"].toInt(),
+                                    ctx->saved_data["ignore_index"].toInt(), saved[3]);
+    return out;
   }
 };
 
@@ -68,10 +65,22 @@ std::tuple<at::Tensor, at::Tensor> nll_loss_forward_autograd(
   return {loss, total_weight};
 }
 
+at::Tensor nll_loss_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
+                                      const at::Tensor& target,
+                                      const std::optional<at::Tensor>& weight, int64_t reduction,
+                                      int64_t ignore_index, const at::Tensor& total_weight) {
+  at::Tensor dx = autograd::below_autograd([&] {
+    return ops::nll_loss_backward(grad_output, input, target, weight, reduction, ignore_index,
+                                  total_weight);
+  });
+  return autograd::once_differentiable({dx}, "nll_loss", grad_output, input, weight)[0];
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastnn, Autograd, m) {
   m.impl("nll_loss_forward", &nll_loss_forward_autograd);
+  m.impl("nll_loss_backward", &nll_loss_backward_autograd);
 }
 
 }  // namespace fastnn

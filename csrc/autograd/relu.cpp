@@ -1,5 +1,5 @@
-// fastnn ReLU under autograd: the Autograd-key kernels of fastnn::relu_forward and
-// the in-place fastnn::relu_forward_.
+// fastnn ReLU under autograd: the Autograd-key kernels of fastnn::relu_forward, the
+// in-place fastnn::relu_forward_ and (once-differentiable) fastnn::relu_backward.
 //
 // Forward:  y = max(x, 0)                  any shape; in place: x is overwritten
 // Backward: dx = (y <= 0) ? 0 : dy         as native threshold_backward, from y
@@ -20,12 +20,7 @@ using autograd::AutogradContext;
 using autograd::variable_list;
 
 variable_list relu_grad(AutogradContext* ctx, const variable_list& grads) {
-  variable_list out(1);
-  {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    out[0] = ops::relu_backward(grads[0], ctx->get_saved_variables()[0]);
-  }
-  return autograd::once_differentiable(std::move(out), "relu");
+  return {ops::relu_backward(grads[0], ctx->get_saved_variables()[0])};
 }
 
 struct ReLUFunction : public autograd::Function<ReLUFunction> {
@@ -99,11 +94,17 @@ void relu_forward_inplace_view(const at::Tensor& input) {
   torch::autograd::impl::bump_version(input);
 }
 
+at::Tensor relu_backward_autograd(const at::Tensor& grad_output, const at::Tensor& output) {
+  at::Tensor dx = autograd::below_autograd([&] { return ops::relu_backward(grad_output, output); });
+  return autograd::once_differentiable({dx}, "relu", grad_output, output)[0];
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastnn, Autograd, m) {
   m.impl("relu_forward", &relu_forward_autograd);
   m.impl("relu_forward_", &relu_forward_inplace_autograd);
+  m.impl("relu_backward", &relu_backward_autograd);
 }
 
 TORCH_LIBRARY_IMPL(fastnn, ADInplaceOrView, m) {

@@ -4,7 +4,10 @@
 // under the Autograd dispatch key. It runs the op's device kernel below autograd
 // and, when a graph must be recorded, wraps the call in a torch::autograd::Function
 // whose backward calls the matching *_backward op. The graph is built in C++, as
-// for native ops: no Python runs per call or per backward node.
+// for native ops: no Python runs per call or per backward node. The *_backward ops have
+// Autograd kernels too, which make their results once-differentiable (below).
+// torch.func transforms refuse C++ Functions; under them fastnn/_func.py applies the
+// same ops through Python autograd Functions instead.
 #pragma once
 
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -58,25 +61,47 @@ inline std::optional<at::Tensor> optional_of(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
-// fastnn's backward ops are not differentiable. A backward computes its gradients with
-// grad mode off, then passes them through here. Under create_graph=True (grad mode on in
-// the backward) they would otherwise count as constants in a second differentiation,
-// a silently wrong answer; instead they are routed through an Error node, as Python's
-// @once_differentiable does, so that differentiating them again raises, naming the op.
-// Without create_graph (the usual case) the gradients pass through untouched.
-inline variable_list once_differentiable(variable_list grads, const char* op) {
-  if (!c10::GradMode::is_enabled()) return grads;
-  for (auto& g : grads) {
-    if (g.defined()) g = g.detach().requires_grad_(true);
-  }
-  const auto n = static_cast<int64_t>(grads.size());
-  auto error = std::make_shared<torch::autograd::DelayedError>(
+// Runs `f` (a call of fastnn ops) below the Autograd and ADInplaceOrView keys: straight
+// to the device kernels, recording no graph.
+template <class F>
+inline auto below_autograd(F&& f) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return f();
+}
+
+inline void append_input(variable_list& list, const at::Tensor& t) { list.push_back(t); }
+inline void append_input(variable_list& list, const std::optional<at::Tensor>& t) {
+  list.push_back(t.value_or(at::Tensor()));
+}
+
+// fastnn's backward ops are not differentiable. Each has an Autograd kernel that runs it
+// below autograd and passes its results through here along with the op's tensor inputs.
+// When a graph would be recorded (grad mode on and an input requiring grad: backward with
+// create_graph=True, or any torch.func.grad, which always differentiates with a graph) the
+// results would otherwise count as constants in a second differentiation, a silently wrong
+// zero; instead their history is an Error node, so that differentiating them again raises,
+// naming the op. The node's edges lead to the op's inputs: a differentiation towards any
+// leaf upstream (torch.autograd.grad, torch.func.grad) reaches it. (Python's
+// @once_differentiable links its error node to fresh leaves, which such a differentiation
+// skips.) Otherwise (the usual case) the results pass through untouched.
+template <typename... Ts>
+inline variable_list once_differentiable(variable_list grads, const char* op,
+                                         const Ts&... inputs) {
+  if (!needs_graph(inputs...)) return grads;
+  const size_t n = grads.size();
+  // DelayedError returns aliases of its arguments whose history is one Error node with
+  // edges to the arguments' own histories: the grads (which have none) and the inputs.
+  variable_list args = std::move(grads);
+  (append_input(args, inputs), ...);
+  torch::autograd::DelayedError error(
       std::string("fastnn.") + op +
           ": double backward (a gradient of a gradient) is not supported: fastnn's backward "
           "kernels are not differentiable. Use the torch.nn.functional op where higher-order "
           "gradients are needed.",
-      n);
-  return error->apply(std::move(grads));
+      static_cast<int64_t>(args.size()));
+  variable_list out = error.apply(std::move(args));
+  out.resize(n);
+  return out;
 }
 
 }  // namespace fastnn::autograd

@@ -1,0 +1,250 @@
+"""fastnn's ops under torch.func transforms (grad, vjp, jacrev, vmap and their compositions).
+
+Ordinary calls record fastnn's autograd graph in C++ (csrc/autograd/), through
+``torch::autograd::Function``, which functorch refuses ("cannot use C++
+torch::autograd::Function with functorch transforms"). While a transform is active, the
+Python entry points in ``_ops.py`` apply the same forward and backward ops through the
+Python ``torch.autograd.Function`` classes below instead, which functorch supports. Outside
+transforms nothing here runs: the check costs one C call per op.
+
+vmap: each differentiable op and its backward has a batching rule. Elementwise and
+row-wise ops (ReLU, LogSoftmax, and Linear over a batch of inputs with shared weights) run
+once on the whole batch. The others run once per sample and stack the results, as
+PyTorch's generic fallback does, without its warning: the losses, Linear with batched
+weights, and Linear's backward, whose per-sample weight gradients are separate products.
+
+Not supported, as in the C++ layer: forward-mode AD (jvp, jacfwd) and gradients of
+gradients (the backward ops are once-differentiable: differentiating their results raises).
+"""
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.fastnn
+
+transforms_active: Callable[[], bool] = torch._C._are_functorch_transforms_active
+
+
+# ----------------------------------------------------------------------------- autograd
+
+class _Linear(torch.autograd.Function):
+    """y = x W^T + b; dx = dy W, dW = dy^T x, db = sum(dy) (each only when asked for)."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, weight, bias):
+        return _ops.linear_forward.default(input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [need[0], need[1], ctx.has_bias and need[2]]
+        return _ops.linear_backward.default(grad, input, weight, mask)
+
+
+class _ReLU(torch.autograd.Function):
+    """y = max(x, 0); dx = (y <= 0) ? 0 : dy."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input):
+        return _ops.relu_forward.default(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (output,) = ctx.saved_tensors
+        return _ops.relu_backward.default(grad, output)
+
+
+class _LogSoftmax(torch.autograd.Function):
+    """y = x - logsumexp(x, dim); dx = dy - exp(y) * sum(dy, dim)."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, dim):
+        return _ops.log_softmax_forward.default(input, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.dim = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (output,) = ctx.saved_tensors
+        return _ops.log_softmax_backward.default(grad, output, ctx.dim), None
+
+
+class _Loss(torch.autograd.Function):
+    """Base of the two losses: forward returns (loss, *saved side outputs), only the loss
+    differentiable; backward maps the loss gradient to the input gradient."""
+    generate_vmap_rule = True
+    name = ""
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        input, target, weight, reduction, ignore_index = inputs
+        ctx.mark_non_differentiable(*outputs[1:])
+        ctx.save_for_backward(input, target, weight, *outputs[1:])
+        ctx.reduction, ctx.ignore_index = reduction, ignore_index
+
+
+class _NLLLoss(_Loss):
+    """loss = -w[t] x[t] (reduced); dx[t] = -w[t] dloss (/ total weight for 'mean')."""
+
+    @staticmethod
+    def forward(input, target, weight, reduction, ignore_index):
+        return _ops.nll_loss_forward.default(input, target, weight, reduction, ignore_index)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_total_weight):
+        input, target, weight, total_weight = ctx.saved_tensors
+        dx = _ops.nll_loss_backward.default(grad, input, target, weight, ctx.reduction,
+                                            ctx.ignore_index, total_weight)
+        return dx, None, None, None, None
+
+
+class _CrossEntropy(_Loss):
+    """loss = w[t] (logsumexp(x) - x[t]) (reduced); dx = w[t] (softmax(x) - onehot(t)) dloss."""
+
+    @staticmethod
+    def forward(input, target, weight, reduction, ignore_index):
+        return _ops.cross_entropy_forward.default(input, target, weight, reduction, ignore_index)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_lse, _grad_total_weight):
+        input, target, weight, lse, total_weight = ctx.saved_tensors
+        dx = _ops.cross_entropy_backward.default(grad, input, target, weight, ctx.reduction,
+                                                 ctx.ignore_index, lse, total_weight)
+        return dx, None, None, None, None
+
+
+def _check_weight(op: str, weight: Optional[Tensor]) -> None:
+    # The same refusal as the C++ layer's check_weight_not_differentiable.
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            f"fastnn.{op}: the loss is not differentiable with respect to `weight`, so `weight` "
+            f"cannot have requires_grad=True. Pass `weight.detach()`, or call it under "
+            f"torch.no_grad().")
+
+
+def linear(input, weight, bias):
+    return _Linear.apply(input, weight, bias)
+
+
+def relu(input):
+    return _ReLU.apply(input)
+
+
+def relu_(input):
+    # In place through a copy: functorch supports neither in-place custom Functions nor
+    # a custom op's mutation under vmap; copy_ is differentiable and batched natively.
+    input.copy_(_ReLU.apply(input))
+    return input
+
+
+def log_softmax(input, dim):
+    return _LogSoftmax.apply(input, dim)
+
+
+def nll_loss(input, target, weight, reduction, ignore_index):
+    _check_weight("nll_loss", weight)
+    return _NLLLoss.apply(input, target, weight, reduction, ignore_index)
+
+
+def cross_entropy(input, target, weight, reduction, ignore_index):
+    _check_weight("cross_entropy", weight)
+    return _CrossEntropy.apply(input, target, weight, reduction, ignore_index)
+
+
+# ----------------------------------------------------------------------------- vmap rules
+# A rule gets the physical tensors (batch dimension in place, at in_dims[i], or None where
+# an argument is not batched) and returns (outputs, out_dims).
+
+def _batch_first(t: Tensor, bdim: Optional[int], batch_size: int) -> Tensor:
+    return t.movedim(bdim, 0) if bdim is not None else t.expand(batch_size, *t.shape)
+
+
+def _per_sample(op, info, in_dims: Sequence[Optional[int]], *args):
+    """One call per sample, outputs stacked along dim 0 (None outputs stay None)."""
+    def sample(i):
+        return op(*(a.select(d, i) if isinstance(a, Tensor) and d is not None else a
+                    for a, d in zip(args, in_dims)))
+    results = [sample(i) for i in range(info.batch_size)]
+    if isinstance(results[0], Tensor):
+        return torch.stack(results), 0
+    outs = tuple(None if first is None else torch.stack([r[k] for r in results])
+                 for k, first in enumerate(results[0]))
+    return outs, tuple(None if o is None else 0 for o in outs)
+
+
+def _softmax_dim(dim: int, sample_ndim: int) -> Optional[int]:
+    """dim as an index into a sample's dimensions; None where one batched call cannot take
+    it: 0-d samples, or a dim out of range (the per-sample call then reports it)."""
+    return dim % sample_ndim if -sample_ndim <= dim < sample_ndim else None
+
+
+def _vmap_relu_forward(info, in_dims, input):
+    return _ops.relu_forward.default(input), in_dims[0]
+
+
+def _vmap_relu_backward(info, in_dims, grad_output, output):
+    b = info.batch_size
+    return _ops.relu_backward.default(_batch_first(grad_output, in_dims[0], b),
+                                      _batch_first(output, in_dims[1], b)), 0
+
+
+def _vmap_log_softmax_forward(info, in_dims, input, dim):
+    d = _softmax_dim(dim, input.dim() - 1)
+    if d is None:
+        return _per_sample(_ops.log_softmax_forward.default, info, in_dims, input, dim)
+    return _ops.log_softmax_forward.default(input.movedim(in_dims[0], 0), d + 1), 0
+
+
+def _vmap_log_softmax_backward(info, in_dims, grad_output, output, dim):
+    d = _softmax_dim(dim, output.dim() - (in_dims[1] is not None))
+    if d is None:
+        return _per_sample(_ops.log_softmax_backward.default, info, in_dims, grad_output,
+                           output, dim)
+    b = info.batch_size
+    return _ops.log_softmax_backward.default(_batch_first(grad_output, in_dims[0], b),
+                                             _batch_first(output, in_dims[1], b), d + 1), 0
+
+
+def _vmap_linear_forward(info, in_dims, input, weight, bias):
+    x_dim, w_dim, b_dim = in_dims
+    if x_dim is not None and w_dim is None and b_dim is None:
+        # A batch of inputs through one layer: the batch becomes one more leading dimension.
+        return _ops.linear_forward.default(input.movedim(x_dim, 0), weight, bias), 0
+    return _per_sample(_ops.linear_forward.default, info, in_dims, input, weight, bias)
+
+
+def _per_sample_rule(op):
+    return lambda info, in_dims, *args: _per_sample(op, info, in_dims, *args)
+
+
+_RULES = {
+    "linear_forward": _vmap_linear_forward,
+    "relu_forward": _vmap_relu_forward,
+    "relu_backward": _vmap_relu_backward,
+    "log_softmax_forward": _vmap_log_softmax_forward,
+    "log_softmax_backward": _vmap_log_softmax_backward,
+}
+for _name in ("linear_backward", "nll_loss_forward", "nll_loss_backward",
+              "cross_entropy_forward", "cross_entropy_backward"):
+    _RULES[_name] = _per_sample_rule(getattr(_ops, _name).default)
+
+for _name, _rule in _RULES.items():
+    torch.library.register_vmap(f"fastnn::{_name}", _rule)

@@ -1,0 +1,182 @@
+"""fastnn under torch.func: grad, vjp, jacrev, vmap, and vmap of grad (per-sample gradients)
+give native results, through fastnn.functional and the layers; vmap needs no PyTorch
+fallback (no "batching rule" warning); ordinary calls keep the C++ autograd graph; what is
+not supported (forward-mode AD, gradients of gradients) raises a clear error."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, jacrev, vjp, vmap
+
+import fastnn.functional as FF
+from fastnn.models import Classifier
+from support import assert_close, randn
+
+B = 3  # vmapped batch size
+
+
+def _cases(device):
+    """(name, fastnn fn, native fn, args): the differentiable arguments come first."""
+    f64 = dict(dtype=torch.float64, device=device)
+    x, w, b = randn(6, 5, **f64), randn(4, 5, **f64), randn(4, **f64)
+    t = torch.tensor([0, 4, 1, 3, 2, 2], device=device)
+    cw = torch.rand(5, **f64) + 0.5
+    return [
+        ("linear", FF.linear, F.linear, (x, w, b)),
+        ("linear_nobias", lambda x, w: FF.linear(x, w), lambda x, w: F.linear(x, w), (x, w)),
+        ("relu", FF.relu, F.relu, (x,)),
+        ("relu_", lambda x: FF.relu(x * 1, inplace=True),
+         lambda x: F.relu(x * 1, inplace=True), (x,)),
+        ("log_softmax", lambda x: FF.log_softmax(x, 1), lambda x: F.log_softmax(x, 1), (x,)),
+        ("log_softmax_dim0", lambda x: FF.log_softmax(x, 0), lambda x: F.log_softmax(x, 0), (x,)),
+        ("nll_loss", lambda x: FF.nll_loss(x, t), lambda x: F.nll_loss(x, t), (x,)),
+        ("nll_loss_weighted_none",
+         lambda x: FF.nll_loss(x, t, weight=cw, ignore_index=2, reduction="none"),
+         lambda x: F.nll_loss(x, t, weight=cw, ignore_index=2, reduction="none"), (x,)),
+        ("cross_entropy", lambda x: FF.cross_entropy(x, t), lambda x: F.cross_entropy(x, t),
+         (x,)),
+        ("cross_entropy_weighted_sum",
+         lambda x: FF.cross_entropy(x, t, weight=cw, ignore_index=1, reduction="sum"),
+         lambda x: F.cross_entropy(x, t, weight=cw, ignore_index=1, reduction="sum"), (x,)),
+    ]
+
+
+IDS = [c[0] for c in _cases("cpu")]
+
+
+def _scalar(fn):
+    return lambda *a: fn(*a).sin().sum()
+
+
+@pytest.mark.parametrize("i", range(len(IDS)), ids=IDS)
+def test_grad(device, i):
+    _, fast, native, args = _cases(device)[i]
+    argnums = tuple(range(len(args)))
+    got = grad(_scalar(fast), argnums)(*args)
+    want = grad(_scalar(native), argnums)(*args)
+    for g, r in zip(got, want):
+        assert_close(g, r, torch.float64)
+
+
+@pytest.mark.parametrize("i", range(len(IDS)), ids=IDS)
+def test_vjp_and_jacrev(device, i):
+    _, fast, native, args = _cases(device)[i]
+    out, pull = vjp(fast, *args)
+    out0, pull0 = vjp(native, *args)
+    assert_close(out, out0, torch.float64)
+    cot = randn(*out.shape, dtype=out.dtype, device=device)
+    for g, r in zip(pull(cot), pull0(cot)):
+        assert_close(g, r, torch.float64)
+    assert_close(jacrev(fast)(*args), jacrev(native)(*args), torch.float64)
+
+
+def _no_fallback_warning(fn):
+    """Run fn, failing on PyTorch's vmap fallback warning (an op without a batching rule)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn()
+    fallback = [str(w.message) for w in caught if "batching rule" in str(w.message)]
+    assert not fallback, fallback
+    return out
+
+
+def _batched(args, bdim, which):
+    """B copies of args (fresh values), stacked along bdim for the args listed in `which`."""
+    out, in_dims = [], []
+    for k, a in enumerate(args):
+        if k in which:
+            a = torch.stack([randn(*a.shape, dtype=a.dtype, device=a.device)
+                             for _ in range(B)], bdim)
+        out.append(a)
+        in_dims.append(bdim if k in which else None)
+    return out, tuple(in_dims)
+
+
+@pytest.mark.parametrize("bdim", [0, 1])
+@pytest.mark.parametrize("i", range(len(IDS)), ids=IDS)
+def test_vmap(device, i, bdim):
+    """Batched over the first argument (the input), and for linear over all of them."""
+    _, fast, native, args = _cases(device)[i]
+    for which in ({0}, set(range(len(args)))) if IDS[i].startswith("linear") else ({0},):
+        bargs, in_dims = _batched(args, bdim, which)
+        got = _no_fallback_warning(lambda: vmap(fast, in_dims)(*bargs))
+        assert_close(got, vmap(native, in_dims)(*bargs), torch.float64)
+
+
+@pytest.mark.parametrize("i", range(len(IDS)), ids=IDS)
+def test_vmap_of_grad(device, i):
+    """Per-sample gradients: vmap over grad, every op and its backward batched."""
+    _, fast, native, args = _cases(device)[i]
+    bargs, in_dims = _batched(args, 0, {0})
+    argnums = tuple(range(len(args)))
+    got = _no_fallback_warning(lambda: vmap(grad(_scalar(fast), argnums), in_dims)(*bargs))
+    want = vmap(grad(_scalar(native), argnums), in_dims)(*bargs)
+    for g, r in zip(got, want):
+        assert_close(g, r, torch.float64)
+
+
+@pytest.mark.parametrize("loss", ["nll", "ce"])
+def test_per_sample_gradients_of_the_seed_mlp(device, loss):
+    """The torch.func recipe for per-sample gradients, on the tutorial classifier built
+    from fastnn layers, against the same model built from torch.nn layers. (The model ends
+    in log_softmax, so cross-entropy on its output is the NLL loss again, through the fused
+    kernels.)"""
+    fast = Classifier(impl="fastnn").to(device, torch.float64)
+    native = Classifier(impl="native").to(device, torch.float64)
+    native.load_state_dict(fast.state_dict())
+    x = randn(8, 784, dtype=torch.float64, device=device)
+    t = torch.randint(0, 10, (8,), device=device)
+
+    def per_sample(model, loss_fn):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+
+        def loss_of(p, xi, ti):
+            out = functional_call(model, p, (xi.unsqueeze(0),))
+            return loss_fn(out, ti.unsqueeze(0))
+        return vmap(grad(loss_of), in_dims=(None, 0, 0))(params, x, t)
+
+    fast_loss = FF.cross_entropy if loss == "ce" else FF.nll_loss
+    native_loss = F.cross_entropy if loss == "ce" else F.nll_loss
+    got = _no_fallback_warning(lambda: per_sample(fast, fast_loss))
+    want = per_sample(native, native_loss)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].shape == (8, *dict(native.named_parameters())[k].shape)
+        assert_close(got[k], want[k], torch.float64, k=784)
+
+
+def test_ordinary_calls_keep_the_cpp_graph(device):
+    """Outside a transform, the graph is the C++ one (no Python autograd.Function)."""
+    x = randn(4, 5, device=device).requires_grad_()
+    w = randn(3, 5, device=device).requires_grad_()
+    assert "LinearFunction" in FF.linear(x, w).grad_fn.name()
+    assert "ReLUFunction" in FF.relu(x).grad_fn.name()
+    assert "LogSoftmaxFunction" in FF.log_softmax(x, 1).grad_fn.name()
+
+
+def test_grad_of_grad_raises(device):
+    """fastnn's backward kernels are not differentiable: a second torch.func.grad raises
+    (never a silent zero)."""
+    x = randn(5, dtype=torch.float64, device=device)
+
+    def f(x):
+        return FF.log_softmax(FF.relu(x), 0).sin().sum()
+    grad(f)(x)  # first order is fine
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad(lambda x: grad(f)(x).sum())(x)
+
+
+def test_forward_mode_is_refused(device):
+    x = randn(5, dtype=torch.float64, device=device)
+    with pytest.raises(NotImplementedError, match="jvp"):
+        torch.func.jvp(FF.relu, (x,), (torch.ones_like(x),))
+
+
+def test_class_weight_is_not_differentiable(device):
+    x = torch.log_softmax(randn(4, 3, dtype=torch.float64, device=device), 1)
+    t = torch.tensor([0, 2, 1, 1], device=device)
+    cw = torch.ones(3, dtype=torch.float64, device=device)
+    for fn in (FF.nll_loss, FF.cross_entropy):
+        with pytest.raises(RuntimeError, match="not differentiable with respect to `weight`"):
+            grad(lambda w: fn(x, t, weight=w))(cw)
