@@ -28,9 +28,20 @@ transforms_active: Callable[[], bool] = torch._C._are_functorch_transforms_activ
 
 # ----------------------------------------------------------------------------- autograd
 
-class _Linear(torch.autograd.Function):
-    """y = x W^T + b; dx = dy W, dW = dy^T x, db = sum(dy) (each only when asked for)."""
+class _Function(torch.autograd.Function):
+    """Their base: vmap through the ops' batching rules; no forward-mode AD."""
     generate_vmap_rule = True
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(
+            "fastnn: forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) is not "
+            "supported. Use the torch.nn.functional ops where forward-mode derivatives are "
+            "needed.")
+
+
+class _Linear(_Function):
+    """y = x W^T + b; dx = dy W, dW = dy^T x, db = sum(dy) (each only when asked for)."""
 
     @staticmethod
     def forward(input, weight, bias):
@@ -50,9 +61,8 @@ class _Linear(torch.autograd.Function):
         return _ops.linear_backward.default(grad, input, weight, mask)
 
 
-class _ReLU(torch.autograd.Function):
+class _ReLU(_Function):
     """y = max(x, 0); dx = (y <= 0) ? 0 : dy."""
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(input):
@@ -68,9 +78,8 @@ class _ReLU(torch.autograd.Function):
         return _ops.relu_backward.default(grad, output)
 
 
-class _LogSoftmax(torch.autograd.Function):
+class _LogSoftmax(_Function):
     """y = x - logsumexp(x, dim); dx = dy - exp(y) * sum(dy, dim)."""
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, dim):
@@ -87,11 +96,9 @@ class _LogSoftmax(torch.autograd.Function):
         return _ops.log_softmax_backward.default(grad, output, ctx.dim), None
 
 
-class _Loss(torch.autograd.Function):
+class _Loss(_Function):
     """Base of the two losses: forward returns (loss, *saved side outputs), only the loss
     differentiable; backward maps the loss gradient to the input gradient."""
-    generate_vmap_rule = True
-    name = ""
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):

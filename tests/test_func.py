@@ -167,10 +167,19 @@ def test_grad_of_grad_raises(device):
         grad(lambda x: grad(f)(x).sum())(x)
 
 
-def test_forward_mode_is_refused(device):
-    x = randn(5, dtype=torch.float64, device=device)
-    with pytest.raises(NotImplementedError, match="jvp"):
-        torch.func.jvp(FF.relu, (x,), (torch.ones_like(x),))
+@pytest.mark.parametrize("i", range(len(IDS)), ids=IDS)
+def test_forward_mode_is_refused(device, i):
+    """Forward-mode AD is not implemented: refused with fastnn's message, both through
+    torch.func.jvp and through dual tensors (torch.autograd.forward_ad)."""
+    import torch.autograd.forward_ad as fwAD
+    _, fast, _, args = _cases(device)[i]
+    tangents = tuple(torch.ones_like(a) for a in args)
+    with pytest.raises(NotImplementedError, match="fastnn: forward-mode AD"):
+        torch.func.jvp(fast, args, tangents)
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(a, t) for a, t in zip(args, tangents)]
+        with pytest.raises(RuntimeError, match=r"fastnn\.\w+: forward-mode AD"):
+            fast(*duals)
 
 
 def test_class_weight_is_not_differentiable(device):

@@ -61,6 +61,7 @@ struct CrossEntropyFunction : public autograd::Function<CrossEntropyFunction> {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_autograd(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t reduction, int64_t ignore_index) {
+  autograd::check_no_forward_ad("cross_entropy", input, weight);
   autograd::check_weight_not_differentiable("cross_entropy", weight);
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;

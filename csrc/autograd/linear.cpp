@@ -46,6 +46,7 @@ struct LinearFunction : public autograd::Function<LinearFunction> {
 
 at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
                                    const std::optional<at::Tensor>& bias) {
+  autograd::check_no_forward_ad("linear", input, weight, bias);
   if (!autograd::needs_graph(input, weight, bias)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::linear_forward(input, weight, bias);

@@ -35,6 +35,7 @@ struct LogSoftmaxFunction : public autograd::Function<LogSoftmaxFunction> {
 };
 
 at::Tensor log_softmax_forward_autograd(const at::Tensor& input, int64_t dim) {
+  autograd::check_no_forward_ad("log_softmax", input);
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::log_softmax_forward(input, dim);

@@ -54,6 +54,7 @@ struct NLLLossFunction : public autograd::Function<NLLLossFunction> {
 std::tuple<at::Tensor, at::Tensor> nll_loss_forward_autograd(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t reduction, int64_t ignore_index) {
+  autograd::check_no_forward_ad("nll_loss", input, weight);
   autograd::check_weight_not_differentiable("nll_loss", weight);
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;

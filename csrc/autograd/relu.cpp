@@ -57,6 +57,7 @@ struct ReLUInplaceFunction : public autograd::Function<ReLUInplaceFunction> {
 };
 
 at::Tensor relu_forward_autograd(const at::Tensor& input) {
+  autograd::check_no_forward_ad("relu", input);
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::relu_forward(input);
@@ -65,6 +66,7 @@ at::Tensor relu_forward_autograd(const at::Tensor& input) {
 }
 
 void relu_forward_inplace_autograd(const at::Tensor& input) {
+  autograd::check_no_forward_ad("relu", input);
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowAutograd below_autograd;
     ops::relu_forward_(input);  // through relu_forward_inplace_view: bumps the version

@@ -15,6 +15,7 @@
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
 #include <memory>
 #include <optional>
@@ -44,6 +45,18 @@ inline bool requires_grad(const std::optional<at::Tensor>& t) {
 template <typename... Ts>
 inline bool needs_graph(const Ts&... tensors) {
   return c10::GradMode::is_enabled() && (requires_grad(tensors) || ...);
+}
+
+// Forward-mode AD (dual tensors: torch.autograd.forward_ad; torch.func.jvp and jacfwd go
+// through fastnn/_func.py) is not implemented for fastnn's ops. Each forward kernel refuses
+// it by name, rather than letting torch::autograd::Function's generic message out (or,
+// where no graph is recorded, returning an output without its tangent).
+template <typename... Ts>
+inline void check_no_forward_ad(const char* op, const Ts&... tensors) {
+  TORCH_CHECK(!(torch::autograd::isFwGradDefined(tensors) || ...), "fastnn.", op,
+              ": forward-mode AD (torch.autograd.forward_ad, torch.func.jvp, jacfwd) is not "
+              "supported. Use the torch.nn.functional op where forward-mode derivatives are "
+              "needed.");
 }
 
 // As natively, the losses are not differentiable in their class weights: a weight that
