@@ -1,20 +1,26 @@
-"""fastnn's ops under torch.func transforms (grad, vjp, jacrev, vmap and their compositions).
+"""fastnn's ops under torch.func transforms (grad, vjp, jacrev, vmap, functionalize and their
+compositions).
 
 Ordinary calls record fastnn's autograd graph in C++ (csrc/autograd/), through
-``torch::autograd::Function``, which functorch refuses ("cannot use C++
-torch::autograd::Function with functorch transforms"). While a transform is active, the
-Python entry points in ``_ops.py`` apply the same forward and backward ops through the
-Python ``torch.autograd.Function`` classes below instead, which functorch supports. Outside
-transforms nothing here runs: the check costs one C call per op.
+``torch::autograd::Function``, which functorch's differentiating transforms refuse ("cannot
+use C++ torch::autograd::Function with functorch transforms"). While one is active (grad,
+vjp, jacrev, jvp, jacfwd), the Python entry points in ``_ops.py`` apply the same forward and
+backward ops through the Python ``torch.autograd.Function`` classes below instead, which
+functorch supports. Under vmap or functionalize alone the ops run as usual. Outside
+transforms nothing here runs: the check costs one C call per op. (In-place ReLU under any
+transform is computed out of place and copied back: functorch runs no custom op in place.)
 
-vmap: each differentiable op and its backward has a batching rule. Elementwise and
-row-wise ops (ReLU, LogSoftmax, and Linear over a batch of inputs with shared weights) run
-once on the whole batch. The others run once per sample and stack the results, as
-PyTorch's generic fallback does, without its warning: the losses, Linear with batched
-weights, and Linear's backward, whose per-sample weight gradients are separate products.
+vmap: each op but the in-place ReLU has a batching rule. Elementwise and row-wise ops
+(ReLU, LogSoftmax, and Linear over a batch of inputs with shared weights) run once on the
+whole batch. The others run once per sample and stack the results, as PyTorch's generic
+fallback does, without its warning: the losses, Linear with batched weights or bias, and
+Linear's backward (always: its per-sample weight gradients are separate products).
 
 Not supported, as in the C++ layer: forward-mode AD (jvp, jacfwd) and gradients of
 gradients (the backward ops are once-differentiable: differentiating their results raises).
+``torch.compile`` of a function that applies a differentiating transform to fastnn ops
+runs it eagerly behind a graph break (``fullgraph=True`` raises): Dynamo traces the
+transform itself, without this switch, and meets the C++ Functions. vmap alone compiles.
 """
 from typing import Callable, Optional, Sequence
 
@@ -23,7 +29,18 @@ from torch import Tensor
 
 _ops = torch.ops.fastnn
 
-transforms_active: Callable[[], bool] = torch._C._are_functorch_transforms_active
+any_transform_active: Callable[[], bool] = torch._C._are_functorch_transforms_active
+_DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+
+
+def transforms_active() -> bool:
+    """True while a differentiating transform (grad, vjp, jacrev, jvp, jacfwd) is active.
+
+    Only those refuse the C++ autograd Functions; under vmap or functionalize alone the ops
+    run as usual (vmap through the rules below). The common case, no transform at all,
+    costs one C call."""
+    return any_transform_active() and any(
+        i.key() in _DIFFERENTIATING for i in torch._C._functorch.get_interpreter_stack())
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -155,13 +172,6 @@ def relu(input):
     return _ReLU.apply(input)
 
 
-def relu_(input):
-    # In place through a copy: functorch supports neither in-place custom Functions nor
-    # a custom op's mutation under vmap; copy_ is differentiable and batched natively.
-    input.copy_(_ReLU.apply(input))
-    return input
-
-
 def log_softmax(input, dim):
     return _LogSoftmax.apply(input, dim)
 
@@ -184,15 +194,31 @@ def _batch_first(t: Tensor, bdim: Optional[int], batch_size: int) -> Tensor:
     return t.movedim(bdim, 0) if bdim is not None else t.expand(batch_size, *t.shape)
 
 
+def _meta_sample(a, bdim: Optional[int]):
+    """A meta tensor shaped like one sample of `a` (non-tensors as they are)."""
+    if not isinstance(a, Tensor):
+        return a
+    shape = a.shape if bdim is None else a.shape[:bdim] + a.shape[bdim + 1:]
+    return torch.empty(shape, dtype=a.dtype, device="meta")
+
+
 def _per_sample(op, info, in_dims: Sequence[Optional[int]], *args):
-    """One call per sample, outputs stacked along dim 0 (None outputs stay None)."""
-    def sample(i):
-        return op(*(a.select(d, i) if isinstance(a, Tensor) and d is not None else a
-                    for a, d in zip(args, in_dims)))
-    results = [sample(i) for i in range(info.batch_size)]
+    """One call per sample, outputs stacked along dim 0 (None outputs stay None). An empty
+    batch calls the op once on meta tensors (its fake kernel), for the outputs' shapes."""
+    if info.batch_size == 0:
+        device = next(a.device for a in args if isinstance(a, Tensor))
+        results = [op(*(_meta_sample(a, d) for a, d in zip(args, in_dims)))]
+
+        def stack(ts):
+            return torch.empty((0, *ts[0].shape), dtype=ts[0].dtype, device=device)
+    else:
+        results = [op(*(a.select(d, i) if isinstance(a, Tensor) and d is not None else a
+                        for a, d in zip(args, in_dims)))
+                   for i in range(info.batch_size)]
+        stack = torch.stack
     if isinstance(results[0], Tensor):
-        return torch.stack(results), 0
-    outs = tuple(None if first is None else torch.stack([r[k] for r in results])
+        return stack(results), 0
+    outs = tuple(None if first is None else stack([r[k] for r in results])
                  for k, first in enumerate(results[0]))
     return outs, tuple(None if o is None else 0 for o in outs)
 

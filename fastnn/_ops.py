@@ -51,8 +51,11 @@ def relu_forward(input: Tensor) -> Tensor:
 
 
 def relu_forward_(input: Tensor) -> Tensor:
-    if _transforms_active():
-        return _func.relu_(input)
+    if _func.any_transform_active():
+        # functorch runs no custom op in place (not under grad, vmap or functionalize);
+        # copy_ is differentiable, batched and functionalized natively.
+        input.copy_(relu_forward(input))
+        return input
     _ops.relu_forward_.default(input)
     return input
 

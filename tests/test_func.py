@@ -105,6 +105,17 @@ def test_vmap(device, i, bdim):
 
 
 @pytest.mark.parametrize("i", range(len(IDS)), ids=IDS)
+def test_vmap_empty_batch(device, i):
+    """B = 0 with every argument batched: an empty batch of outputs shaped like one
+    sample's (the per-sample rules take the shapes from the ops' fake kernels; native's
+    nll_loss fails here, so the reference is one unbatched call)."""
+    _, fast, _, args = _cases(device)[i]
+    got = vmap(fast)(*[a.new_empty((0, *a.shape)) for a in args])
+    one = fast(*args)
+    assert (got.shape, got.dtype, got.device) == ((0, *one.shape), one.dtype, one.device)
+
+
+@pytest.mark.parametrize("i", range(len(IDS)), ids=IDS)
 def test_vmap_of_grad(device, i):
     """Per-sample gradients: vmap over grad, every op and its backward batched."""
     _, fast, native, args = _cases(device)[i]
@@ -155,6 +166,18 @@ def test_ordinary_calls_keep_the_cpp_graph(device):
     assert "LogSoftmaxFunction" in FF.log_softmax(x, 1).grad_fn.name()
 
 
+def test_functionalize(device):
+    """functionalize alone (no differentiating transform) runs the ops as usual."""
+    x = randn(6, 5, dtype=torch.float64, device=device)
+    w = randn(4, 5, dtype=torch.float64, device=device)
+    t = torch.tensor([0, 3, 1, 2, 2, 1], device=device)
+
+    def f(x):
+        h = FF.relu(FF.linear(x, w), inplace=True)
+        return FF.cross_entropy(h, t) + FF.nll_loss(FF.log_softmax(h, 1), t)
+    assert_close(torch.func.functionalize(f)(x), f(x), torch.float64)
+
+
 def test_grad_of_grad_raises(device):
     """fastnn's backward kernels are not differentiable: a second torch.func.grad raises
     (never a silent zero)."""
@@ -165,6 +188,17 @@ def test_grad_of_grad_raises(device):
     grad(f)(x)  # first order is fine
     with pytest.raises(RuntimeError, match="double backward"):
         grad(lambda x: grad(f)(x).sum())(x)
+
+
+def test_forward_over_reverse_is_refused(device):
+    """jacfwd of a gradient goes forward through the backward ops: refused there too
+    (never a zero tangent)."""
+    a = randn(4, 5, dtype=torch.float64, device=device)
+    s = torch.tensor(2.0, dtype=torch.float64, device=device)
+    for f in (lambda a, s: FF.relu(a).sum() * s, lambda a, s: FF.log_softmax(a * s, 1).sin().sum()):
+        with pytest.raises((RuntimeError, NotImplementedError),
+                           match=r"fastnn(\.\w+)?: forward-mode AD"):
+            torch.func.jacfwd(lambda s: grad(f)(a, s))(s)
 
 
 @pytest.mark.parametrize("i", range(len(IDS)), ids=IDS)

@@ -59,10 +59,8 @@ using OptTensor = std::optional<at::Tensor>;
 std::tuple<OptTensor, OptTensor, OptTensor> linear_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     std::array<bool, 3> output_mask) {
-  auto grads = autograd::below_autograd(
+  auto [dx, dw, db] = autograd::below_autograd(
       [&] { return ops::linear_backward(grad_output, input, weight, output_mask); });
-  if (!autograd::needs_graph(grad_output, input, weight)) return grads;
-  auto [dx, dw, db] = grads;
   auto out = autograd::once_differentiable(
       {dx.value_or(at::Tensor()), dw.value_or(at::Tensor()), db.value_or(at::Tensor())},
       "linear", grad_output, input, weight);

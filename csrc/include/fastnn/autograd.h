@@ -89,6 +89,7 @@ inline void append_input(variable_list& list, const std::optional<at::Tensor>& t
 
 // fastnn's backward ops are not differentiable. Each has an Autograd kernel that runs it
 // below autograd and passes its results through here along with the op's tensor inputs.
+// Forward-mode AD through them (e.g. jacfwd of a grad) is refused as in the forward ops.
 // When a graph would be recorded (grad mode on and an input requiring grad: backward with
 // create_graph=True, or any torch.func.grad, which always differentiates with a graph) the
 // results would otherwise count as constants in a second differentiation, a silently wrong
@@ -100,6 +101,7 @@ inline void append_input(variable_list& list, const std::optional<at::Tensor>& t
 template <typename... Ts>
 inline variable_list once_differentiable(variable_list grads, const char* op,
                                          const Ts&... inputs) {
+  check_no_forward_ad(op, inputs...);
   if (!needs_graph(inputs...)) return grads;
   const size_t n = grads.size();
   // DelayedError returns aliases of its arguments whose history is one Error node with
