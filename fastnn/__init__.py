@@ -13,7 +13,7 @@ _C = _load_extension()
 
 from . import _ops  # noqa: E402,F401  (typed wrappers + fake kernels for torch.compile)
 from . import functional  # noqa: E402
-from .modules import CrossEntropyLoss, Linear, LogSoftmax, NLLLoss, ReLU  # noqa: E402
+from .modules import CrossEntropyLoss, LazyLinear, Linear, LogSoftmax, NLLLoss, ReLU  # noqa: E402
 from .convert import convert  # noqa: E402
 from . import nn  # noqa: E402
 
@@ -23,6 +23,6 @@ __version__ = "0.1.0"
 WITH_CUDA = bool(_C.WITH_CUDA)
 
 __all__ = [
-    "Linear", "ReLU", "LogSoftmax", "NLLLoss", "CrossEntropyLoss",
+    "Linear", "LazyLinear", "ReLU", "LogSoftmax", "NLLLoss", "CrossEntropyLoss",
     "convert", "functional", "nn", "WITH_CUDA",
 ]

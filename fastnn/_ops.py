@@ -10,9 +10,11 @@ The differentiable (forward) wrappers call the op, whose autograd is in C++, exc
 torch.func transform is active: then they go through ``_func``'s Python autograd Functions,
 which functorch supports (it refuses C++ ones).
 """
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
+import torch.utils.flop_counter
 from torch import Tensor
 
 from . import _func
@@ -28,7 +30,12 @@ def reduction_enum(reduction: str) -> int:
     try:
         return _REDUCTIONS[reduction]
     except KeyError:
-        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}") from None
+        pass
+    if reduction == "elementwise_mean":  # the deprecated alias native still takes
+        warnings.warn("reduction='elementwise_mean' is deprecated. Please use reduction='mean' "
+                      "instead.")
+        return REDUCTION_MEAN
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -194,3 +201,24 @@ def _(grad_output, input, target, weight, reduction, ignore_index, lse, total_we
     _check_one_device("cross_entropy_backward", grad_output, input, target, weight, lse,
                       total_weight)
     return _dense(input)
+
+
+# ----------------------------------------------------------------------------- flop counts
+# torch.utils.flop_counter.FlopCounterMode counts Linear's products as it counts native
+# addmm/mm: 2 * (rows of x) * in * out per product (the bias add is not counted).
+
+def _linear_flops(input_shape, weight_shape) -> int:
+    rows = 1
+    for n in input_shape[:-1]:
+        rows *= n
+    return 2 * rows * weight_shape[0] * weight_shape[1]
+
+
+@torch.utils.flop_counter.register_flop_formula(torch.ops.fastnn.linear_forward)
+def _(input_shape, weight_shape, bias_shape, *args, **kwargs) -> int:
+    return _linear_flops(input_shape, weight_shape)
+
+
+@torch.utils.flop_counter.register_flop_formula(torch.ops.fastnn.linear_backward)
+def _(grad_output_shape, input_shape, weight_shape, output_mask, *args, **kwargs) -> int:
+    return _linear_flops(input_shape, weight_shape) * (int(output_mask[0]) + int(output_mask[1]))

@@ -28,8 +28,12 @@ _C_WITH_CUDA = bool(_C.WITH_CUDA)
 
 
 def _check_device(op: str, t: Tensor) -> None:
-    if t.is_cpu:  # the common case first: is_cpu is cheaper than t.device
-        return
+    try:
+        if t.is_cpu:  # the common case first: is_cpu is cheaper than t.device
+            return
+    except AttributeError:
+        raise TypeError(f"fastnn.{op}: argument 'input' must be a Tensor, not "
+                        f"{type(t).__name__}") from None
     kind = t.device.type
     if kind not in _DEVICES:
         raise RuntimeError(f"fastnn.{op}: tensors on {kind} are not supported; fastnn has kernels "

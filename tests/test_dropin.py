@@ -19,7 +19,7 @@ FAST_TYPES = (fastnn.Linear, fastnn.ReLU, fastnn.LogSoftmax, fastnn.NLLLoss, fas
 def test_fastnn_nn_namespace():
     assert fnn.Linear is fastnn.Linear and fnn.ReLU is fastnn.ReLU
     assert fnn.LogSoftmax is fastnn.LogSoftmax and fnn.NLLLoss is fastnn.NLLLoss
-    assert fnn.CrossEntropyLoss is fastnn.CrossEntropyLoss
+    assert fnn.CrossEntropyLoss is fastnn.CrossEntropyLoss and fnn.LazyLinear is fastnn.LazyLinear
     # everything else is torch.nn's own
     assert fnn.Sequential is nn.Sequential and fnn.Module is nn.Module
     assert fnn.Dropout is nn.Dropout and fnn.init is nn.init and fnn.utils is nn.utils
@@ -156,6 +156,51 @@ def test_convert_single_layer_and_inplace_flag():
     ls = nn.LogSoftmax(dim=0)
     fastnn.convert(ls)
     assert ls.dim == 0
+
+
+def test_lazy_linear_becomes_fastnn_linear(device):
+    """fastnn.nn.LazyLinear materialises into fastnn's Linear (its first call already on
+    fastnn's kernel); convert() swaps a native LazyLinear that is not yet materialised."""
+    x = torch.randn(4, 7, device=device)
+    lazy = fnn.LazyLinear(3).to(device)
+    y = lazy(x)
+    assert type(lazy) is fastnn.Linear and lazy.in_features == 7
+    assert_close(y, F.linear(x, lazy.weight, lazy.bias), torch.float32, k=7)
+    model = nn.Sequential(nn.LazyLinear(3), nn.ReLU()).to(device)
+    fastnn.convert(model)
+    model(x)
+    assert type(model[0]) is fastnn.Linear and type(model[1]) is fastnn.ReLU
+
+
+def test_convert_leaves_unsupported_configurations_native():
+    """A CrossEntropyLoss with label smoothing stays native (fastnn's has none) rather
+    than being swapped for one that raises at its first call."""
+    smooth, plain = nn.CrossEntropyLoss(label_smoothing=0.1), nn.CrossEntropyLoss()
+    fastnn.convert(nn.ModuleList([smooth, plain]))
+    assert type(smooth) is nn.CrossEntropyLoss and type(plain) is fastnn.CrossEntropyLoss
+
+
+def test_fx_symbolic_trace(device):
+    """torch.fx records each fastnn layer as one call, as it records native layers, and
+    the traced module computes what the model does."""
+    model = seed_mlp(fnn).to(device)
+    traced = torch.fx.symbolic_trace(model)
+    x, _ = synthetic_mnist(8, device=device)
+    assert torch.equal(traced(x), model(x))
+    calls = [n.target.__name__ for n in traced.graph.nodes if n.op == "call_function"]
+    assert calls.count("linear") == 4 and "log_softmax" in calls
+
+
+def test_flop_counter_counts_linear_like_native():
+    from torch.utils.flop_counter import FlopCounterMode
+    counts = []
+    for mod in (nn, fnn):
+        lin = mod.Linear(64, 32)
+        x = torch.randn(16, 64, requires_grad=True)
+        with FlopCounterMode(display=False) as counter:
+            lin(x).sum().backward()
+        counts.append(counter.get_total_flops())
+    assert counts[1] == counts[0] == 3 * 2 * 16 * 64 * 32  # forward, dx, dW
 
 
 def test_converted_model_matches_native_training_step(device):

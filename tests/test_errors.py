@@ -1,10 +1,11 @@
 """Bad input raises a clear Python exception (never crashes, never returns garbage)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fastnn
 import fastnn.functional as FF
-from support import CUDA_OK, CUDA_SKIP_REASON, randn
+from support import CUDA_OK, CUDA_SKIP_REASON, assert_close, randn
 
 ops = torch.ops.fastnn
 DTYPE_MSG = "float32 and float64"  # checks.h: "... but fastnn supports float32 and float64 on cpu"
@@ -286,3 +287,18 @@ def test_meta_tensor_mixed_with_real_ones():
                  lambda: FF.linear(x, torch.randn(3, 5, device="meta"))):
         with pytest.raises(RuntimeError, match="one device"):
             call()
+
+
+def test_non_tensor_input_is_a_type_error():
+    for fn in (FF.relu, lambda x: FF.linear(x, torch.ones(2, 2)), lambda x: FF.log_softmax(x, 0)):
+        with pytest.raises(TypeError, match="must be a Tensor, not list"):
+            fn([1.0, -1.0])
+
+
+def test_deprecated_elementwise_mean_reduction():
+    """The deprecated alias native still accepts, with its warning."""
+    x, t = torch.randn(4, 3).log_softmax(1), torch.tensor([0, 2, 1, 1])
+    for fast, native in ((FF.nll_loss, F.nll_loss), (FF.cross_entropy, F.cross_entropy)):
+        with pytest.warns(UserWarning, match="elementwise_mean"):
+            got = fast(x, t, reduction="elementwise_mean")
+        assert_close(got, native(x, t, reduction="mean"))

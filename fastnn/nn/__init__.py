@@ -10,5 +10,5 @@ Every other name (Module, Sequential, Dropout, init, utils, ...) is torch.nn's o
 from torch.nn import *  # noqa: F401,F403
 from torch.nn import init, modules, parameter, utils  # noqa: F401
 
-from ..modules import CrossEntropyLoss, Linear, LogSoftmax, NLLLoss, ReLU  # noqa: F401
+from ..modules import CrossEntropyLoss, LazyLinear, Linear, LogSoftmax, NLLLoss, ReLU  # noqa: F401
 from . import functional  # noqa: F401,E402
