@@ -152,3 +152,35 @@ def test_relu_inplace_on_inference_tensor(device):
         x = randn(5, device=device)
         y = FF.relu(x, inplace=True)
         assert y is x and x.is_inference() and bool((x >= 0).all())
+
+
+def _small_mlp(fast, device):
+    torch.manual_seed(0)
+    lin = lambda i, o: torch.nn.Linear(i, o, dtype=torch.float64, device=device)  # noqa: E731
+    l1, l2 = lin(6, 5), lin(5, 4)
+    if not fast:
+        return lambda x: F.log_softmax(F.relu(l2(F.relu(l1(x)))), 1), (l1, l2)
+    return (lambda x: FF.log_softmax(FF.relu(FF.linear(FF.relu(FF.linear(x, l1.weight, l1.bias)),
+                                                       l2.weight, l2.bias)), 1), (l1, l2))
+
+
+def test_older_batched_gradients(device):
+    """PyTorch's older batching (not torch.func): batched grad_outputs, vectorized
+    jacobians and gradcheck's batched-gradient check, through every layer, as native.
+    (linear_backward has its own rule there: the generic fallback cannot batch its
+    optional outputs.)"""
+    x = randn(3, 6, dtype=torch.float64, device=device).requires_grad_()
+    results = []
+    for fast in (False, True):
+        f, (l1, l2) = _small_mlp(fast, device)
+        leaves = (x, l1.weight, l1.bias, l2.weight)
+        g = randn(5, 3, 4, dtype=torch.float64, device=device)
+        batched = torch.autograd.grad(f(x), leaves, g, is_grads_batched=True)
+        jac = torch.autograd.functional.jacobian(f, x.detach(), vectorize=True)
+        results.append((batched, jac))
+        assert torch.autograd.gradcheck(f, (x,), check_batched_grad=True)
+    (b0, j0), (b1, j1) = results
+    for g1, g0 in zip(b1, b0):
+        assert g1.shape == g0.shape
+        assert_close(g1, g0, torch.float64)
+    assert_close(j1, j0, torch.float64)

@@ -1,5 +1,6 @@
 // fastnn Linear under autograd: the Autograd-key kernels of fastnn::linear_forward and
-// (once-differentiable) fastnn::linear_backward.
+// (once-differentiable) fastnn::linear_backward, and linear_backward's kernel for
+// PyTorch's older batching (vectorized jacobians, batched grad_outputs).
 //
 // Forward:  y = x W^T + b        x (*, in), W (out, in), b (out) optional -> y (*, out)
 // Backward: dx = dy W            (shape of x)
@@ -8,12 +9,17 @@
 // One fastnn::linear_backward call computes exactly the gradients autograd asks for
 // (its output_mask). Saved for backward: x and W. The device kernels are in
 // csrc/cpu/linear.cpp and csrc/cuda/linear.cu.
+#include <ATen/LegacyVmapTransforms.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/stack.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "fastnn/autograd.h"
 #include "fastnn/ops.h"
@@ -68,11 +74,63 @@ std::tuple<OptTensor, OptTensor, OptTensor> linear_backward_autograd(
           autograd::optional_of(out[2])};
 }
 
+// linear_backward under PyTorch's older batching (the Batched key: torch.autograd.grad with
+// is_grads_batched=True, torch.autograd.functional.jacobian/hessian with vectorize=True,
+// gradcheck's check_batched_grad), whose generic fallback cannot return optional tensors.
+// One call per sample (per-sample weight gradients are separate products), stacked. The
+// other ops return plain tensors, which that fallback batches itself; torch.func's vmap
+// has its own rules (fastnn/_func.py).
+std::tuple<OptTensor, OptTensor, OptTensor> linear_backward_batched(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    std::array<bool, 3> output_mask) {
+  // Batch dims to the front of all three, aligned and expanded to the same batch shape.
+  auto views = at::MultiBatchVmapTransform::logicalToPhysical({grad_output, input, weight});
+  const int64_t nb = views[0].numBatchDims();
+  const auto batch_shape = views[0].tensor().sizes().slice(0, nb);
+  const int64_t samples = c10::multiply_integers(batch_shape);
+  std::array<at::Tensor, 3> flat;  // (samples, logical shape...)
+  for (size_t k = 0; k < 3; ++k) {
+    const at::Tensor& t = views[k].tensor();
+    std::vector<int64_t> shape{samples};
+    shape.insert(shape.end(), t.sizes().begin() + nb, t.sizes().end());
+    flat[k] = t.reshape(shape);
+  }
+  // Per-sample shapes of dx, dW, db: those of input and weight, and (out_features).
+  const auto x_shape = flat[1].sizes().slice(1);
+  const auto w_shape = flat[2].sizes().slice(1);
+  const std::array<std::vector<int64_t>, 3> shapes = {
+      std::vector<int64_t>(x_shape.begin(), x_shape.end()),
+      std::vector<int64_t>(w_shape.begin(), w_shape.end()), std::vector<int64_t>{w_shape[0]}};
+
+  std::array<std::vector<at::Tensor>, 3> per_sample;
+  for (int64_t i = 0; i < samples; ++i) {
+    auto [dx, dw, db] = ops::linear_backward(flat[0][i], flat[1][i], flat[2][i], output_mask);
+    per_sample[0].push_back(dx.value_or(at::Tensor()));
+    per_sample[1].push_back(dw.value_or(at::Tensor()));
+    per_sample[2].push_back(db.value_or(at::Tensor()));
+  }
+  const auto to_logical = views[0].getPhysicalToLogicalMap();
+  std::array<OptTensor, 3> out;
+  for (size_t k = 0; k < 3; ++k) {
+    if (!output_mask[k]) continue;
+    std::vector<int64_t> shape(batch_shape.begin(), batch_shape.end());
+    shape.insert(shape.end(), shapes[k].begin(), shapes[k].end());
+    at::Tensor stacked = samples > 0 ? at::stack(per_sample[k]).view(shape)
+                                     : at::empty(shape, flat[k == 0 ? 1 : 2].options());
+    out[k] = to_logical.apply(stacked);
+  }
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastnn, Autograd, m) {
   m.impl("linear_forward", &linear_forward_autograd);
   m.impl("linear_backward", &linear_backward_autograd);
+}
+
+TORCH_LIBRARY_IMPL(fastnn, Batched, m) {
+  m.impl("linear_backward", &linear_backward_batched);
 }
 
 }  // namespace fastnn
