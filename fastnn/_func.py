@@ -33,7 +33,7 @@ any_transform_active: Callable[[], bool] = torch._C._are_functorch_transforms_ac
 _DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
 
 
-def transforms_active() -> bool:
+def differentiating_transform_active() -> bool:
     """True while a differentiating transform (grad, vjp, jacrev, jvp, jacfwd) is active.
 
     Only those refuse the C++ autograd Functions; under vmap or functionalize alone the ops

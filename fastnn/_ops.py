@@ -7,8 +7,9 @@ csrc/registry.cpp). The ``register_fake`` functions describe each op's outputs
 relu's, which take their input's layout as ``torch.empty_like`` does.
 
 The differentiable (forward) wrappers call the op, whose autograd is in C++, except while a
-torch.func transform is active: then they go through ``_func``'s Python autograd Functions,
-which functorch supports (it refuses C++ ones).
+differentiating torch.func transform (grad, vjp, jacrev, ...) is active: then they go
+through ``_func``'s Python autograd Functions, which functorch supports (it refuses C++
+ones). In-place ReLU under any transform is computed out of place and copied back.
 """
 import warnings
 from typing import List, Optional, Tuple
@@ -18,7 +19,7 @@ import torch.utils.flop_counter
 from torch import Tensor
 
 from . import _func
-from ._func import transforms_active as _transforms_active
+from ._func import differentiating_transform_active as _differentiating
 
 _ops = torch.ops.fastnn
 
@@ -41,7 +42,7 @@ def reduction_enum(reduction: str) -> int:
 # ----------------------------------------------------------------------------- wrappers
 
 def linear_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    if _transforms_active():
+    if _differentiating():
         return _func.linear(input, weight, bias)
     return _ops.linear_forward.default(input, weight, bias)
 
@@ -52,7 +53,7 @@ def linear_backward(grad_output: Tensor, input: Tensor, weight: Tensor, output_m
 
 
 def relu_forward(input: Tensor) -> Tensor:
-    if _transforms_active():
+    if _differentiating():
         return _func.relu(input)
     return _ops.relu_forward.default(input)
 
@@ -72,7 +73,7 @@ def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:
 
 
 def log_softmax_forward(input: Tensor, dim: int) -> Tensor:
-    if _transforms_active():
+    if _differentiating():
         return _func.log_softmax(input, dim)
     return _ops.log_softmax_forward.default(input, dim)
 
@@ -83,7 +84,7 @@ def log_softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tenso
 
 def nll_loss_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int,
                      ignore_index: int) -> Tuple[Tensor, Tensor]:
-    if _transforms_active():
+    if _differentiating():
         return _func.nll_loss(input, target, weight, reduction, ignore_index)
     return _ops.nll_loss_forward.default(input, target, weight, reduction, ignore_index)
 
@@ -96,7 +97,7 @@ def nll_loss_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight
 
 def cross_entropy_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int,
                           ignore_index: int) -> Tuple[Tensor, Tensor, Tensor]:
-    if _transforms_active():
+    if _differentiating():
         return _func.cross_entropy(input, target, weight, reduction, ignore_index)
     return _ops.cross_entropy_forward.default(input, target, weight, reduction, ignore_index)
 
