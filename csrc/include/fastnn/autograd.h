@@ -6,8 +6,8 @@
 // whose backward calls the matching *_backward op. The graph is built in C++, as
 // for native ops: no Python runs per call or per backward node. The *_backward ops have
 // Autograd kernels too, which make their results once-differentiable (below).
-// torch.func transforms refuse C++ Functions; under them fastnn/_func.py applies the
-// same ops through Python autograd Functions instead.
+// torch.func's differentiating transforms refuse C++ Functions; under them fastnn/_func.py
+// applies the same ops through Python autograd Functions instead.
 #pragma once
 
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -17,7 +17,6 @@
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
-#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
