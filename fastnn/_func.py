@@ -66,13 +66,20 @@ class _Linear(_Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        # As in the C++ Function: x only for dW, W only for dx.
         input, weight, bias = inputs
-        ctx.save_for_backward(input, weight)
+        need = ctx.needs_input_grad
+        ctx.save_for_backward(input if need[1] else None, weight if need[0] else None)
         ctx.has_bias = bias is not None
+        ctx.in_features = weight.shape[1]
 
     @staticmethod
     def backward(ctx, grad):
         input, weight = ctx.saved_tensors
+        if input is None:  # stand-ins whose data linear_backward does not read
+            input = grad.new_empty(()).expand(*grad.shape[:-1], ctx.in_features)
+        if weight is None:
+            weight = grad.new_empty(()).expand(grad.shape[-1], ctx.in_features)
         need = ctx.needs_input_grad
         mask = [need[0], need[1], ctx.has_bias and need[2]]
         return _ops.linear_backward.default(grad, input, weight, mask)

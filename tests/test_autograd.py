@@ -53,6 +53,41 @@ def test_raw_ops_are_differentiable_like_native(device, i):
         assert_close(g1, g0, torch.float64)
 
 
+def _linear_after_inplace_change(linear, values, needs, changed):
+    """Gradients of a linear whose operand `changed` is modified in place after the forward
+    (as a training loop may modify a frozen layer's input): the exception type when backward
+    refuses (a saved tensor was modified), else the gradients."""
+    args = [v.clone().requires_grad_(bool(n)) for v, n in zip(values, needs)]
+    y = linear(*args)
+    with torch.no_grad():
+        args[changed].mul_(2)
+    try:
+        return torch.autograd.grad((y * y.detach().cos()).sum(),
+                                   [a for a in args if a.requires_grad])
+    except RuntimeError as e:
+        return type(e)
+
+
+@pytest.mark.parametrize("changed", [0, 1, 2], ids=["input", "weight", "bias"])
+@pytest.mark.parametrize("needs", [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1),
+                                   (0, 1, 1), (1, 1, 1)], ids=lambda n: "".join(map(str, n)))
+@pytest.mark.parametrize("shape", [(5,), (6, 5), (2, 3, 5)], ids=str)
+def test_linear_saves_what_native_saves(device, shape, needs, changed):
+    """x is saved only when W requires grad, W only when x does: gradients towards any
+    subset of (x, W, b) are native's, and an in-place change of an operand after the
+    forward is refused at backward exactly when native refuses it."""
+    f64 = dict(dtype=torch.float64, device=device)
+    values = randn(*shape, **f64), randn(3, shape[-1], **f64), randn(3, **f64)
+    got = _linear_after_inplace_change(ops.linear_forward, values, needs, changed)
+    want = _linear_after_inplace_change(F.linear, values, needs, changed)
+    if isinstance(want, type):
+        assert got is want
+    else:
+        assert len(got) == len(want)
+        for g, r in zip(got, want):
+            assert_close(g, r, torch.float64)
+
+
 @pytest.mark.parametrize("i", range(6), ids=[c[0] for c in _calls("cpu")])
 def test_no_graph_without_grad(device, i):
     name, args, fast, _ = _calls(device)[i]

@@ -7,8 +7,12 @@
 //           dW = dy^T x          (out, in), over all leading dims of x
 //           db = sum of dy over the leading dims
 // One fastnn::linear_backward call computes exactly the gradients autograd asks for
-// (its output_mask). Saved for backward: x and W. The device kernels are in
-// csrc/cpu/linear.cpp and csrc/cuda/linear.cu.
+// (its output_mask). Saved for backward, as natively: x only when W requires grad (dW
+// reads it), W only when x requires grad (dx reads it). So a frozen layer does not keep
+// its input alive, and an in-place change of that input after the forward is legal. An
+// operand not saved is passed to linear_backward as a stand-in of the right shape whose
+// data is never read. The device kernels are in csrc/cpu/linear.cpp and
+// csrc/cuda/linear.cu.
 #include <ATen/LegacyVmapTransforms.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -30,22 +34,39 @@ namespace {
 using autograd::AutogradContext;
 using autograd::variable_list;
 
+// A tensor of `shape` with `like`'s dtype and device, for an operand linear_backward
+// needs only the shape of: one element, expanded.
+at::Tensor shape_only(const at::Tensor& like, at::IntArrayRef shape) {
+  return at::empty({}, like.options()).expand(shape);
+}
+
 struct LinearFunction : public autograd::Function<LinearFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    ctx->save_for_backward({input, weight});
+    ctx->save_for_backward({weight.requires_grad() ? input : at::Tensor(),
+                            input.requires_grad() ? weight : at::Tensor()});
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["in_features"] = weight.size(1);
     return ops::linear_forward(input, weight, bias);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const int64_t in_features = ctx->saved_data["in_features"].toInt();
+    const at::Tensor& dy = grads[0];
+    at::Tensor input = saved[0], weight = saved[1];
+    if (!input.defined()) {  // (*, in_features): dy's leading dims
+      std::vector<int64_t> shape(dy.sizes().begin(), dy.sizes().end());
+      shape.back() = in_features;
+      input = shape_only(dy, shape);
+    }
+    if (!weight.defined()) weight = shape_only(dy, {dy.size(-1), in_features});
     // Autograd's edges count only tensor arguments: the bias is edge 2 when present.
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       has_bias && ctx->needs_input_grad(2)};
-    auto [dx, dw, db] = ops::linear_backward(grads[0], saved[0], saved[1], mask);
+    auto [dx, dw, db] = ops::linear_backward(dy, input, weight, mask);
     return {dx.value_or(at::Tensor()), dw.value_or(at::Tensor()), db.value_or(at::Tensor())};
   }
 };

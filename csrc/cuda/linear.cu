@@ -447,9 +447,11 @@ linear_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
               "); they must match.");
   c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  // Each operand is read only by the products that use it (x by dW, W by dx); otherwise
+  // just its shape and options are (it may be a stand-in with no data of its own).
   const at::Tensor dy = grad_output.contiguous();
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor x = output_mask[1] ? input.contiguous() : input;
+  const at::Tensor w = output_mask[0] ? weight.contiguous() : weight;
   const int64_t K = w.size(1), N = w.size(0), M = leading_rows(x);
   const int sms = sm_count(x.device().index());
 
