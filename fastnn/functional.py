@@ -12,6 +12,7 @@ registered in C++ (csrc/autograd/), so the graph costs what a native op's does.
 Autocast (CUDA) is honoured as native does it: linear runs in the autocast dtype,
 log_softmax, nll_loss and cross_entropy in float32.
 """
+import operator
 import warnings
 from typing import Optional
 
@@ -42,6 +43,19 @@ def _check_device(op: str, t: Tensor) -> None:
         raise RuntimeError(f"fastnn.{op}: got a CUDA tensor, but this fastnn build has no CUDA "
                            f"kernels. Rebuild with a CUDA toolkit (FASTNN_CUDA=1 pip install "
                            f"--no-build-isolation -e .), or use CPU tensors.")
+
+
+def _int_arg(op: str, name: str, value) -> int:
+    """An integer argument (dim, ignore_index) as native takes it: an int or anything with
+    __index__ (a NumPy integer, a one-element integer tensor), but not a bool."""
+    if type(value) is int:  # the common case first
+        return value
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"fastnn.{op}: argument '{name}' must be int, not {type(value).__name__}")
 
 
 def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
@@ -82,8 +96,7 @@ def _legacy_softmax_dim(ndim: int) -> int:
 def log_softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3,
                 dtype: Optional[torch.dtype] = None) -> Tensor:
     _check_device("log_softmax", input)
-    if dim is None:
-        dim = _legacy_softmax_dim(input.dim())
+    dim = _legacy_softmax_dim(input.dim()) if dim is None else _int_arg("log_softmax", "dim", dim)
     if dtype is not None:
         input = input.to(dtype)
     elif _autocast_dtype(input) is not None:
@@ -110,6 +123,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, siz
              ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
     red = _reduction_of(size_average, reduce, reduction)
     input, target, weight = _loss_inputs("nll_loss", input, target, weight)
+    ignore_index = _int_arg("nll_loss", "ignore_index", ignore_index)
     return _ops.nll_loss_forward(input, target, weight, red, ignore_index)[0]
 
 
@@ -122,5 +136,6 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
             "probability targets or label_smoothing > 0 use torch.nn.functional.cross_entropy.")
     red = _reduction_of(size_average, reduce, reduction)
     input, target, weight = _loss_inputs("cross_entropy", input, target, weight)
+    ignore_index = _int_arg("cross_entropy", "ignore_index", ignore_index)
     return _ops.cross_entropy_forward(input, target, weight, red, ignore_index)[0]
 

@@ -302,3 +302,27 @@ def test_deprecated_elementwise_mean_reduction():
         with pytest.warns(UserWarning, match="elementwise_mean"):
             got = fast(x, t, reduction="elementwise_mean")
         assert_close(got, native(x, t, reduction="mean"))
+
+
+@pytest.mark.parametrize("value", [True, 1.0, "1", None], ids=repr)
+@pytest.mark.parametrize("op", ["log_softmax", "nll_loss", "cross_entropy"])
+def test_integer_arguments_take_what_native_takes(op, value):
+    """dim / ignore_index: a bool, float or str is a TypeError, as natively; a NumPy integer
+    or a one-element integer tensor is taken (as its int). None is log_softmax's implicit
+    dim (deprecated); for ignore_index it is refused."""
+    np = pytest.importorskip("numpy")
+    x, t = torch.randn(4, 3).log_softmax(1), torch.tensor([0, 2, 1, 1])
+    arg = "dim" if op == "log_softmax" else "ignore_index"
+    fast, native = getattr(FF, op), getattr(F, op)
+    call = ((lambda f, v: f(x, dim=v)) if op == "log_softmax"
+            else (lambda f, v: f(x, t, ignore_index=v)))
+    if value is None and op == "log_softmax":
+        with pytest.warns(UserWarning, match="Implicit dimension"):
+            assert_close(call(fast, value), F.log_softmax(x, 1))
+        return
+    with pytest.raises(TypeError, match=f"argument '{arg}'"):
+        call(native, value)
+    with pytest.raises(TypeError, match=f"fastnn.{op}: argument '{arg}' must be int"):
+        call(fast, value)
+    for ok in (np.int64(1), torch.tensor(1)):
+        assert_close(call(fast, ok), call(native, ok))
