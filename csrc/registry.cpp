@@ -13,8 +13,13 @@
 //   * Loss inputs are (N, C), (C) or (N, C, d1, ...), targets (N), () or (N, d1, ...).
 //   * Ops never allocate outside PyTorch's allocator and never synchronise the
 //     host, so every op can be captured in a CUDA graph.
+//   * Tensors are dense (strided). Sparse, mkldnn, quantized and nested tensors are
+//     refused by name (end of this file), not with the dispatcher's "could not run".
 #include <Python.h>
+#include <c10/core/DispatchKeySet.h>
 #include <torch/library.h>
+
+#include <string>
 
 #ifndef FASTNN_TORCH_VERSION
 #error "setup.py must define FASTNN_TORCH_VERSION (the torch version the extension is built against)"
@@ -83,3 +88,51 @@ TORCH_LIBRARY(fastnn, m) {
       "cross_entropy_backward(Tensor grad_output, Tensor input, Tensor target, Tensor? weight,"
       " int reduction, int ignore_index, Tensor lse, Tensor total_weight) -> Tensor");
 }
+
+// ----------------------------------------------------------------------- other layouts
+// fastnn's kernels take dense (strided) tensors. An op called with a tensor of another
+// layout lands on that layout's dispatch key; this kernel, registered there for every op,
+// says what to do instead.
+namespace {
+
+constexpr const char* kOps[] = {
+    "linear_forward",      "linear_backward",      "relu_forward",       "relu_forward_",
+    "relu_backward",       "log_softmax_forward",  "log_softmax_backward", "nll_loss_forward",
+    "nll_loss_backward",   "cross_entropy_forward", "cross_entropy_backward"};
+
+void refuse_layout(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack*) {
+  const c10::DispatchKey key = keys.highestPriorityTypeId();
+  const std::string name = c10::toString(key);
+  const char* kind = "a sparse";
+  const char* fix = ".to_dense()";
+  if (name.find("Mkldnn") != std::string::npos) {
+    kind = "an mkldnn";
+  } else if (name.find("Quantized") != std::string::npos) {
+    kind = "a quantized";
+    fix = ".dequantize()";
+  } else if (name.find("Nested") != std::string::npos) {
+    kind = "a nested";
+    fix = ".unbind() and one call per component";
+  }
+  TORCH_CHECK_NOT_IMPLEMENTED(false, op.schema().name(), ": got ", kind, " tensor (", name,
+                              "); fastnn's kernels take dense (strided) tensors. Convert it with ",
+                              fix, ", or use the torch.nn.functional op.");
+}
+
+void refuse_all(torch::Library& m) {
+  for (const char* op : kOps) {
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&refuse_layout>());
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastnn, SparseCPU, m) { refuse_all(m); }
+TORCH_LIBRARY_IMPL(fastnn, SparseCUDA, m) { refuse_all(m); }
+TORCH_LIBRARY_IMPL(fastnn, SparseCsrCPU, m) { refuse_all(m); }
+TORCH_LIBRARY_IMPL(fastnn, SparseCsrCUDA, m) { refuse_all(m); }
+TORCH_LIBRARY_IMPL(fastnn, MkldnnCPU, m) { refuse_all(m); }
+TORCH_LIBRARY_IMPL(fastnn, QuantizedCPU, m) { refuse_all(m); }
+TORCH_LIBRARY_IMPL(fastnn, QuantizedCUDA, m) { refuse_all(m); }
+TORCH_LIBRARY_IMPL(fastnn, NestedTensorCPU, m) { refuse_all(m); }
+TORCH_LIBRARY_IMPL(fastnn, NestedTensorCUDA, m) { refuse_all(m); }

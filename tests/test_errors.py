@@ -326,3 +326,42 @@ def test_integer_arguments_take_what_native_takes(op, value):
         call(fast, value)
     for ok in (np.int64(1), torch.tensor(1)):
         assert_close(call(fast, ok), call(native, ok))
+
+
+_LAYOUTS = {
+    "sparse_coo": (lambda x: x.to_sparse(), "sparse", r"\.to_dense\(\)"),
+    "sparse_csr": (lambda x: x.to_sparse_csr(), "sparse", r"\.to_dense\(\)"),
+    "mkldnn": (lambda x: x.to_mkldnn(), "mkldnn", r"\.to_dense\(\)"),
+    "quantized": (lambda x: torch.quantize_per_tensor(x, 0.1, 0, torch.quint8), "quantized",
+                  r"\.dequantize\(\)"),
+    "nested": (lambda x: torch.nested.nested_tensor(list(x.unbind())), "nested",
+               r"\.unbind\(\)"),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # beta/prototype/deprecation notices
+@pytest.mark.parametrize("layout", list(_LAYOUTS))
+def test_non_dense_tensors_are_refused_by_name(layout):
+    """fastnn's kernels take strided tensors; another layout gets an error that names it
+    and the conversion, whichever argument carries it."""
+    if layout == "mkldnn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no mkldnn")
+    convert, kind, fix = _LAYOUTS[layout]
+    x, w, t = torch.randn(4, 3), torch.randn(2, 3), torch.tensor([0, 2, 1, 1])
+    calls = [lambda x: FF.linear(x, w), lambda x: FF.relu(x), lambda x: FF.relu(x, inplace=True),
+             lambda x: FF.log_softmax(x, 1), lambda x: FF.nll_loss(x, t),
+             lambda x: FF.cross_entropy(x, t), lambda w: FF.linear(x, w)]
+    for call, arg in zip(calls, [x] * 6 + [w]):
+        with pytest.raises(NotImplementedError, match=f"got an? {kind} tensor .*{fix}"):
+            call(convert(arg))
+
+
+def test_every_op_refuses_every_non_dense_layout():
+    """The refusal is registered for every op on every such dispatch key (CUDA's too)."""
+    keys = ["SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA", "MkldnnCPU",
+            "QuantizedCPU", "QuantizedCUDA", "NestedTensorCPU", "NestedTensorCUDA"]
+    ops = [f"fastnn::{name}" for name in torch.ops.fastnn]
+    assert len(ops) == 11
+    missing = [(op, key) for op in ops for key in keys
+               if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key)]
+    assert not missing
