@@ -1,6 +1,7 @@
 """Drop-in compatibility with torch.nn: state_dict round trips, repr, parameter names,
 default initialisation, fastnn.convert, and models written against `fastnn.nn`."""
 import copy
+import io
 from collections import OrderedDict
 
 import pytest
@@ -262,3 +263,55 @@ def test_classifier_written_against_fastnn_nn(device):
     # train mode (dropout active) runs and gives a finite loss
     model.train()
     assert torch.isfinite(criterion(model(x), t))
+
+
+def _scripted_case(device):
+    """A model using every layer form, a loss per form, and inputs."""
+    model = fnn.Sequential(fnn.Linear(6, 8), fnn.ReLU(), fnn.Linear(8, 5, bias=False),
+                           fnn.ReLU(inplace=True), fnn.LogSoftmax(dim=1)).to(device, torch.float64)
+    cw = torch.rand(5, dtype=torch.float64, device=device) + 0.5
+    losses = [fnn.NLLLoss(), fnn.NLLLoss(weight=cw, ignore_index=2, reduction="sum"),
+              fnn.CrossEntropyLoss(reduction="none"), fnn.CrossEntropyLoss(weight=cw)]
+    x = torch.randn(7, 6, dtype=torch.float64, device=device)
+    t = torch.tensor([0, 4, 2, 1, 3, 2, 0], device=device)
+    return model, [loss.to(device) for loss in losses], x, t
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_torchscript(device):
+    """torch.jit.script compiles each layer to its fastnn op; the scripted model gives the
+    eager model's values and gradients, and survives torch.jit.save / load."""
+    model, losses, x, t = _scripted_case(device)
+    scripted = torch.jit.script(model)
+    for op in ("linear_forward", "relu_forward", "relu_forward_", "log_softmax_forward"):
+        assert f"ops.fastnn.{op}(" in "\n".join(m.code for m in scripted.children())
+    for loss in losses:
+        s_loss = torch.jit.script(loss)
+        assert "ops.fastnn." in s_loss.code
+        want = loss(model(x), t)
+        want_grads = torch.autograd.grad(want.sum(), list(model.parameters()))
+        got = s_loss(scripted(x), t)
+        got_grads = torch.autograd.grad(got.sum(), list(scripted.parameters()))
+        assert torch.equal(got, want)
+        for g, w in zip(got_grads, want_grads):
+            assert torch.equal(g, w)
+        # the byte-target form native takes, and the implicit-dim LogSoftmax
+        assert torch.equal(s_loss(scripted(x), t.to(torch.uint8)), want)
+    implicit = torch.jit.script(fnn.LogSoftmax())
+    assert torch.equal(implicit(x), fnn.LogSoftmax(dim=1)(x))
+
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf, map_location=device)
+    assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_torchscript_refuses_what_eager_refuses():
+    scripted = torch.jit.script(fnn.CrossEntropyLoss(label_smoothing=0.1))
+    with pytest.raises(torch.jit.Error, match="without label smoothing"):
+        scripted(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    scripted = torch.jit.script(fnn.NLLLoss(reduction="average"))
+    with pytest.raises(torch.jit.Error, match="reduction must be"):
+        scripted(torch.randn(3, 4), torch.tensor([0, 1, 2]))
