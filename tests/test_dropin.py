@@ -265,6 +265,9 @@ def test_classifier_written_against_fastnn_nn(device):
     assert torch.isfinite(criterion(model(x), t))
 
 
+_JIT_DEPRECATED = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
+
+
 def _scripted_case(device):
     """A model using every layer form, a loss per form, and inputs."""
     model = fnn.Sequential(fnn.Linear(6, 8), fnn.ReLU(), fnn.Linear(8, 5, bias=False),
@@ -277,7 +280,7 @@ def _scripted_case(device):
     return model, [loss.to(device) for loss in losses], x, t
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@_JIT_DEPRECATED
 def test_torchscript(device):
     """torch.jit.script compiles each layer to its fastnn op; the scripted model gives the
     eager model's values and gradients, and survives torch.jit.save / load."""
@@ -307,7 +310,7 @@ def test_torchscript(device):
     assert torch.equal(loaded(x), model(x))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@_JIT_DEPRECATED
 def test_torchscript_refuses_what_eager_refuses():
     scripted = torch.jit.script(fnn.CrossEntropyLoss(label_smoothing=0.1))
     with pytest.raises(torch.jit.Error, match="without label smoothing"):
