@@ -4,7 +4,9 @@ Checked here: the raw ops record a graph exactly when native ops do (grad mode o
 input requiring grad) and give native gradients; no graph under no_grad or
 inference_mode; double backward raises instead of giving a silently wrong answer; the
 non-differentiable outputs (lse, total_weight) and arguments (target, class weights)
-behave as natively; in-place ReLU bumps the version counter once, like native relu_."""
+behave as natively; in-place ReLU bumps the version counter once, like native relu_;
+Linear saves what native saves; autograd's memory tools (checkpointing, saved-tensor hooks)
+work through fastnn's nodes."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -219,3 +221,73 @@ def test_older_batched_gradients(device):
         assert g1.shape == g0.shape
         assert_close(g1, g0, torch.float64)
     assert_close(j1, j0, torch.float64)
+
+
+def _memory_tools():
+    """(name, loss of model(x) under one of autograd's memory / debugging tools)."""
+    from torch.utils.checkpoint import checkpoint
+
+    def saved_hooks(m, x, t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda s: s.clone(), lambda s: s):
+            return F.nll_loss(m(x), t)
+
+    def save_on_cpu(m, x, t):
+        with torch.autograd.graph.save_on_cpu():
+            return F.nll_loss(m(x), t)
+
+    def anomaly(m, x, t):
+        with torch.autograd.detect_anomaly(check_nan=True):
+            return F.nll_loss(m(x), t)
+
+    def module_hooks(m, x, t):
+        m[0].register_full_backward_hook(lambda mod, gi, go: None)
+        m[2].register_full_backward_pre_hook(lambda mod, go: None)
+        return F.nll_loss(m(x), t)
+
+    return [
+        ("checkpoint", lambda m, x, t: F.nll_loss(checkpoint(m, x, use_reentrant=False), t)),
+        ("checkpoint_reentrant",
+         lambda m, x, t: F.nll_loss(checkpoint(m, x.requires_grad_(), use_reentrant=True), t)),
+        ("saved_tensors_hooks", saved_hooks), ("save_on_cpu", save_on_cpu),
+        ("detect_anomaly", anomaly), ("full_backward_hooks", module_hooks),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("i", range(6), ids=[c[0] for c in _memory_tools()])
+def test_autograd_memory_tools(device, i):
+    """Activation checkpointing (both forms), saved-tensor hooks, CPU offload of saved
+    tensors, anomaly mode and module backward hooks give native's loss and gradients."""
+    import fastnn.nn as fnn
+    _, loss_of = _memory_tools()[i]
+    x = randn(5, 8, dtype=torch.float64, device=device)
+    t = torch.tensor([0, 1, 2, 3, 0], device=device)
+    results = []
+    for lib in (torch.nn, fnn):
+        torch.manual_seed(0)
+        m = lib.Sequential(lib.Linear(8, 16), lib.ReLU(), lib.Linear(16, 4),
+                           lib.LogSoftmax(dim=1)).to(device, torch.float64)
+        loss = loss_of(m, x.clone(), t)
+        loss.backward()  # (reentrant checkpointing supports .backward() only)
+        results.append((loss.detach(), [p.grad for p in m.parameters()]))
+    (l0, g0), (l1, g1) = results
+    assert_close(l1, l0, torch.float64)
+    for a, b in zip(g1, g0):
+        assert_close(a, b, torch.float64)
+
+
+def test_saved_tensors_like_native(device):
+    """The seed MLP's fastnn nodes save as many tensors as native's (saved-tensor hooks see
+    each one), so memory tools built on those hooks treat both alike."""
+    import fastnn.nn as fnn
+    from support import seed_mlp, synthetic_mnist
+    x, t = synthetic_mnist(8, device=device)
+    counts = []
+    for lib in (torch.nn, fnn):
+        packed = []
+        model = seed_mlp(lib).to(device)
+        with torch.autograd.graph.saved_tensors_hooks(lambda s: packed.append(s) or s, lambda s: s):
+            F.nll_loss(model(x), t)
+        counts.append(len(packed))
+    assert counts[1] == counts[0]
