@@ -105,6 +105,23 @@ def test_log_softmax_neg_inf(device, dtype):
     torch.testing.assert_close(x1.grad, x0.grad, **tol(dtype, 37))
 
 
+@pytest.mark.parametrize("shape,dim", [((3, 37), 1), ((2, 2000), 1), ((37, 3), 0),
+                                       ((2, 5, 3), 1)], ids=str)
+def test_log_softmax_pos_inf(device, dtype, shape, dim):
+    """A +inf logit makes its whole row NaN, as natively (exp(inf - inf)), on every kernel
+    path: short and long rows (one warp / one block per row) and a reduced dim that is not
+    the last (strided)."""
+    x = randn(*shape, dtype=dtype, device=device)
+    row = [0] * len(shape)
+    row[dim] = shape[dim] // 2
+    x[tuple(row)] = float("inf")
+    y0, y1 = F.log_softmax(x, dim), FF.log_softmax(x, dim)
+    assert torch.isnan(y0).any()
+    assert torch.equal(torch.isnan(y1), torch.isnan(y0)), "NaN exactly where native has it"
+    finite = ~torch.isnan(y0)
+    torch.testing.assert_close(y1[finite], y0[finite], **tol(dtype))
+
+
 def test_log_softmax_nan_propagates(device):
     x = randn(4, 9, device=device)
     x[1, 4] = float("nan")

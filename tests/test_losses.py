@@ -199,6 +199,26 @@ def test_cross_entropy_neg_inf_logits(device, dtype):
     check_loss("ce", x, t, None, dict(reduction="mean"), dtype)
 
 
+@pytest.mark.dtypes(torch.float32, torch.float64)
+@pytest.mark.parametrize("shape", [(4, 6), (2, 2000), (2, 6, 5)], ids=str)
+def test_cross_entropy_pos_inf_logit(device, dtype, shape):
+    """A +inf logit makes its sample's loss and gradient NaN, as natively, on every kernel
+    path (short and long rows, spatial (N, C, d) inputs)."""
+    x = randn(*shape, dtype=dtype, device=device)
+    t = torch.zeros((shape[0],) + shape[2:], dtype=torch.long, device=device)
+    x[(0, 1) + (0,) * (len(shape) - 2)] = float("inf")
+    x0, x1 = leaf(x.clone()), leaf(x.clone())
+    l0 = F.cross_entropy(x0, t, reduction="none")
+    l1 = FF.cross_entropy(x1, t, reduction="none")
+    assert torch.isnan(l0).any() and torch.equal(torch.isnan(l1), torch.isnan(l0))
+    ok = ~torch.isnan(l0)
+    assert_close(l1[ok], l0[ok], dtype, k=4)
+    g = torch.ones_like(l0)
+    (d0,), (d1,) = torch.autograd.grad(l0, x0, g), torch.autograd.grad(l1, x1, g)
+    assert torch.equal(torch.isnan(d1), torch.isnan(d0))
+    assert_close(d1[~torch.isnan(d0)], d0[~torch.isnan(d0)], dtype, k=4)
+
+
 @pytest.mark.parametrize("name", LOSSES)
 def test_loss_legacy_args(device, name):
     x, t, _ = make_inputs((6, 4), torch.float32, device)

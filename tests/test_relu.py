@@ -58,6 +58,7 @@ def test_relu_special_values(device, dtype):
     out = FF.relu(x)
     assert torch.equal(torch.isnan(out), torch.isnan(expected)), "NaN must propagate like native"
     torch.testing.assert_close(out, expected, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(torch.signbit(out), torch.signbit(expected)), "signed zeros as native's"
     assert not (out < 0).any() and not torch.isneginf(out).any()
     # in-place too
     x2 = x.clone()

@@ -2,7 +2,7 @@
 //
 // What it computes
 //   forward:   y = max(x, 0) elementwise; NaN propagates (relu(NaN) = NaN) like
-//              torch.relu.
+//              torch.relu, with native CUDA's formula (see relu_value).
 //   backward:  dx = dy where y > 0, else 0 (native threshold_backward:
 //              `y <= 0 ? 0 : dy`, so a NaN in y passes dy through and a NaN in
 //              dy is zeroed where y <= 0).
@@ -21,6 +21,7 @@
 //   contiguous copy and copies the result back into the tensor's own elements.
 // dtypes: float32, float64, float16, bfloat16 (comparisons in acc_t<T>; the
 //   value itself is passed through unchanged, so no rounding happens).
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -41,10 +42,12 @@ using namespace fastnn::cuda;
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;
 
+// Native's CUDA relu (clamp_min(x, 0)) formula: NaN passes, else max(x, 0) in acc_t, so
+// signed zeros come out as native's do. The conversion back is exact (max returns x or 0).
 template <typename T>
 __device__ __forceinline__ T relu_value(T x) {
   const acc_t<T> f = to_acc(x);
-  return (f > acc_t<T>(0) || f != f) ? x : static_cast<T>(0.0f);
+  return f != f ? x : from_acc<T>(::max(f, acc_t<T>(0)));
 }
 
 template <typename T>
@@ -157,6 +160,10 @@ at::Tensor relu_forward_cuda(const at::Tensor& input) {
 
 void relu_forward_inplace_cuda(const at::Tensor& input) {
   check_floating("relu_forward_", "input", input);
+  TORCH_CHECK(at::has_internal_overlap(input) != at::MemOverlap::Yes,
+              "fastnn::relu_forward_: `input` has elements that share memory (e.g. a view made "
+              "with expand()), so it cannot be updated in place; clone() it first or use "
+              "relu_forward.");
   c10::cuda::CUDAGuard guard(input.device());
   if (input.numel() == 0) return;
   if (input.is_non_overlapping_and_dense()) {

@@ -170,11 +170,13 @@ void with_warp_variant(int C, F&& f) {
 // ---------------------------------------------------------------------------
 // Online log-sum-exp: after a sequence of updates, sum(exp(x_i - m)) == s with
 // m the running max. NaN inputs make s NaN; -inf inputs add nothing (so an
-// all -inf sequence gives m = -inf, s = 0, lse = -inf).
+// all -inf sequence gives m = -inf, s = 0, lse = -inf); a +inf input makes s NaN, as
+// exp(x - max) does in the two-pass form (and natively): the new max's own term is
+// exp(x - x), 1 for finite x and NaN for +inf.
 template <typename A>
 __device__ __forceinline__ void online_lse_update(A& m, A& s, A x) {
   if (x > m) {
-    s = s * dexp(m - x) + A(1);
+    s = s * dexp(m - x) + dexp(x - x);
     m = x;
   } else if (!(x == neg_inf<A>())) {
     s += dexp(x - m);
