@@ -365,3 +365,13 @@ def test_every_op_refuses_every_non_dense_layout():
     missing = [(op, key) for op in ops for key in keys
                if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key)]
     assert not missing
+
+
+def test_inplace_relu_on_overlapping_memory(device):
+    """An expanded view cannot be updated in place: refused by name before any work, as
+    native refuses it."""
+    x = torch.zeros(1, device=device).expand(4)
+    with pytest.raises(RuntimeError, match="more than one element"):
+        F.relu(x, inplace=True)
+    with pytest.raises(RuntimeError, match="relu_forward_: `input` has elements that share memory"):
+        FF.relu(x, inplace=True)
