@@ -5,10 +5,9 @@ names, initialisation, ``state_dict`` keys and ``repr`` are the native ones (a n
 checkpoint loads into a fastnn model and back); only ``forward`` runs fastnn's kernels.
 
 ``torch.jit.script`` compiles each layer to a call of its fastnn op (``torch.ops.fastnn.*``,
-whose autograd is in C++); the compiler skips the eager branch. A scripted model runs
-wherever fastnn's library is loaded (``import fastnn``, or in C++ ``torch::load`` after loading
-``fastnn/_C*.so``). The eager-only extras do not apply there: autocast casts and the
-torch.func routing.
+whose autograd is in C++); the compiler skips the eager branch. A saved scripted model loads
+where fastnn is imported (which registers the ops). The eager-only extras do not apply in
+it: autocast casts, the torch.func routing, the implicit-dim deprecation warning.
 """
 import torch
 import torch.fx
