@@ -14,7 +14,6 @@
 // in chunks of at least 32K elements (small tensors run on the calling thread); each
 // chunk is processed with AVX2 (8 floats / 4 doubles per instruction, masked tail)
 // when the CPU has it, else a scalar loop the compiler auto-vectorises.
-#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -105,10 +104,7 @@ at::Tensor relu_forward_cpu(const at::Tensor& input) {
 
 void relu_forward_inplace_cpu(const at::Tensor& input) {
   check_floating("relu_forward_", "input", input);
-  TORCH_CHECK(at::has_internal_overlap(input) != at::MemOverlap::Yes,
-              "fastnn::relu_forward_: `input` has elements that share memory (e.g. a view made "
-              "with expand()), so it cannot be updated in place; clone() it first or use "
-              "relu_forward.");
+  check_no_internal_overlap("relu_forward_", input);
   if (input.numel() == 0) return;
   if (input.is_contiguous()) {
     relu_dense(input, input);

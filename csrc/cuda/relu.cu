@@ -21,7 +21,6 @@
 //   contiguous copy and copies the result back into the tensor's own elements.
 // dtypes: float32, float64, float16, bfloat16 (comparisons in acc_t<T>; the
 //   value itself is passed through unchanged, so no rounding happens).
-#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -160,10 +159,7 @@ at::Tensor relu_forward_cuda(const at::Tensor& input) {
 
 void relu_forward_inplace_cuda(const at::Tensor& input) {
   check_floating("relu_forward_", "input", input);
-  TORCH_CHECK(at::has_internal_overlap(input) != at::MemOverlap::Yes,
-              "fastnn::relu_forward_: `input` has elements that share memory (e.g. a view made "
-              "with expand()), so it cannot be updated in place; clone() it first or use "
-              "relu_forward.");
+  check_no_internal_overlap("relu_forward_", input);
   c10::cuda::CUDAGuard guard(input.device());
   if (input.numel() == 0) return;
   if (input.is_non_overlapping_and_dense()) {

@@ -5,6 +5,7 @@
 //   float32 and float64 on cpu; convert it first (for example `input.float()`).
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -65,6 +66,13 @@ inline void check_grad_of_output(const char* op, const at::Tensor& grad_output,
   check_same_dtype(op, "grad_output", grad_output, "output", output);
   check_same_device(op, "grad_output", grad_output, "output", output);
   check_same_shape(op, "grad_output", grad_output, "output", output);
+}
+
+// An in-place op cannot update a tensor whose elements share memory (an expand()ed view).
+inline void check_no_internal_overlap(const char* op, const at::Tensor& t) {
+  TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, "fastnn::", op,
+              ": `input` has elements that share memory (e.g. a view made with expand()), so it "
+              "cannot be updated in place; clone() it first or use the out-of-place op.");
 }
 
 inline int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
