@@ -77,16 +77,18 @@ TORCH_LIBRARY(fastnn, m) {
       "nll_loss_backward(Tensor grad_output, Tensor input, Tensor target, Tensor? weight,"
       " int reduction, int ignore_index, Tensor total_weight) -> Tensor");
 
-  // Fused cross-entropy = log_softmax over dim 1 + NLL, for class-index targets.
+  // Fused cross-entropy = log_softmax over dim 1 + NLL, for class-index targets, with
+  // native's label smoothing: (1 - eps) * NLL + eps / C * (-sum_c w[c] log_softmax[c]).
   // Returns (loss, lse, total_weight); lse holds each row's log-sum-exp as the pair
   // (max, log(sum(exp(x - max)))) (target's shape plus a last dim of 2), so backward
   // can form the softmax, rounded as log_softmax's, without saving log-probs.
   m.def(
-      "cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index)"
-      " -> (Tensor, Tensor, Tensor)");
+      "cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, int reduction,"
+      " int ignore_index, float label_smoothing=0.0) -> (Tensor, Tensor, Tensor)");
   m.def(
       "cross_entropy_backward(Tensor grad_output, Tensor input, Tensor target, Tensor? weight,"
-      " int reduction, int ignore_index, Tensor lse, Tensor total_weight) -> Tensor");
+      " int reduction, int ignore_index, Tensor lse, Tensor total_weight,"
+      " float label_smoothing=0.0) -> Tensor");
 }
 
 // ----------------------------------------------------------------------- other layouts

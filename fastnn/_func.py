@@ -126,10 +126,10 @@ class _Loss(_Function):
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
-        input, target, weight, reduction, ignore_index = inputs
+        input, target, weight, reduction, ignore_index, *options = inputs
         ctx.mark_non_differentiable(*outputs[1:])
         ctx.save_for_backward(input, target, weight, *outputs[1:])
-        ctx.reduction, ctx.ignore_index = reduction, ignore_index
+        ctx.reduction, ctx.ignore_index, ctx.options = reduction, ignore_index, options
 
 
 class _NLLLoss(_Loss):
@@ -148,18 +148,21 @@ class _NLLLoss(_Loss):
 
 
 class _CrossEntropy(_Loss):
-    """loss = w[t] (logsumexp(x) - x[t]) (reduced); dx = w[t] (softmax(x) - onehot(t)) dloss."""
+    """loss = w[t] (logsumexp(x) - x[t]) (reduced); dx = w[t] (softmax(x) - onehot(t)) dloss
+    (label smoothing: see csrc/cpu/cross_entropy.cpp)."""
 
     @staticmethod
-    def forward(input, target, weight, reduction, ignore_index):
-        return _ops.cross_entropy_forward.default(input, target, weight, reduction, ignore_index)
+    def forward(input, target, weight, reduction, ignore_index, label_smoothing):
+        return _ops.cross_entropy_forward.default(input, target, weight, reduction, ignore_index,
+                                                  label_smoothing)
 
     @staticmethod
     def backward(ctx, grad, _grad_lse, _grad_total_weight):
         input, target, weight, lse, total_weight = ctx.saved_tensors
         dx = _ops.cross_entropy_backward.default(grad, input, target, weight, ctx.reduction,
-                                                 ctx.ignore_index, lse, total_weight)
-        return dx, None, None, None, None
+                                                 ctx.ignore_index, lse, total_weight,
+                                                 *ctx.options)
+        return dx, None, None, None, None, None
 
 
 def _check_weight(op: str, weight: Optional[Tensor]) -> None:
@@ -188,9 +191,9 @@ def nll_loss(input, target, weight, reduction, ignore_index):
     return _NLLLoss.apply(input, target, weight, reduction, ignore_index)
 
 
-def cross_entropy(input, target, weight, reduction, ignore_index):
+def cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing):
     _check_weight("cross_entropy", weight)
-    return _CrossEntropy.apply(input, target, weight, reduction, ignore_index)
+    return _CrossEntropy.apply(input, target, weight, reduction, ignore_index, label_smoothing)
 
 
 # ----------------------------------------------------------------------------- vmap rules

@@ -96,17 +96,21 @@ def nll_loss_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight
 
 
 def cross_entropy_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int,
-                          ignore_index: int) -> Tuple[Tensor, Tensor, Tensor]:
+                          ignore_index: int,
+                          label_smoothing: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
     if _differentiating():
-        return _func.cross_entropy(input, target, weight, reduction, ignore_index)
-    return _ops.cross_entropy_forward.default(input, target, weight, reduction, ignore_index)
+        return _func.cross_entropy(input, target, weight, reduction, ignore_index,
+                                   label_smoothing)
+    return _ops.cross_entropy_forward.default(input, target, weight, reduction, ignore_index,
+                                              label_smoothing)
 
 
 def cross_entropy_backward(grad_output: Tensor, input: Tensor, target: Tensor,
                            weight: Optional[Tensor], reduction: int, ignore_index: int,
-                           lse: Tensor, total_weight: Tensor) -> Tensor:
+                           lse: Tensor, total_weight: Tensor,
+                           label_smoothing: float = 0.0) -> Tensor:
     return _ops.cross_entropy_backward.default(grad_output, input, target, weight, reduction,
-                                       ignore_index, lse, total_weight)
+                                               ignore_index, lse, total_weight, label_smoothing)
 
 
 # ----------------------------------------------------------------------------- fake kernels
@@ -190,7 +194,7 @@ def _(grad_output, input, target, weight, reduction, ignore_index, total_weight)
 
 
 @torch.library.register_fake("fastnn::cross_entropy_forward")
-def _(input, target, weight, reduction, ignore_index):
+def _(input, target, weight, reduction, ignore_index, label_smoothing=0.0):
     _check_one_device("cross_entropy_forward", input, target, weight)
     return (_dense(input, _loss_shape(target, reduction)),
             _dense(input, (*target.shape, 2), _lse_dtype(input)),  # (max, log-sum) pairs
@@ -198,7 +202,8 @@ def _(input, target, weight, reduction, ignore_index):
 
 
 @torch.library.register_fake("fastnn::cross_entropy_backward")
-def _(grad_output, input, target, weight, reduction, ignore_index, lse, total_weight):
+def _(grad_output, input, target, weight, reduction, ignore_index, lse, total_weight,
+      label_smoothing=0.0):
     _check_one_device("cross_entropy_backward", grad_output, input, target, weight, lse,
                       total_weight)
     return _dense(input)

@@ -16,8 +16,7 @@ _SWAPS = {
 
 def convert(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear / LazyLinear / ReLU / LogSoftmax / NLLLoss / CrossEntropyLoss
-    in ``model`` (itself included) by its fastnn twin, in place, and return ``model``. A
-    CrossEntropyLoss with label smoothing stays native (fastnn's has none).
+    in ``model`` (itself included) by its fastnn twin, in place, and return ``model``.
 
     The modules keep their identity, parameters, buffers, hooks and attributes (each
     fastnn layer is a subclass of its native twin with only ``forward`` replaced), so an
@@ -27,12 +26,7 @@ def convert(model: nn.Module) -> nn.Module:
     """
     for module in model.modules():
         swap = _SWAPS.get(type(module))
-        if swap is not None and _supported(module):
+        if swap is not None:
             module.__class__ = swap
     return model
 
-
-def _supported(module: nn.Module) -> bool:
-    # fastnn's cross-entropy has no label smoothing: such a loss stays native rather than
-    # being swapped for one that raises at its first call.
-    return not (isinstance(module, nn.CrossEntropyLoss) and module.label_smoothing != 0.0)

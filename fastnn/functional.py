@@ -58,6 +58,19 @@ def _int_arg(op: str, name: str, value) -> int:
     raise TypeError(f"fastnn.{op}: argument '{name}' must be int, not {type(value).__name__}")
 
 
+def _float_arg(op: str, name: str, value) -> float:
+    """A float argument (label_smoothing) as native takes it: a Python or NumPy number or a
+    one-element tensor."""
+    if type(value) is float:  # the common case first
+        return value
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"fastnn.{op}: argument '{name}' must be float, not {type(value).__name__}")
+
+
 def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
     """The lower-precision dtype autocast asks for on t's device, or None if autocast is off."""
     if t.is_cuda and torch.is_autocast_enabled("cuda"):
@@ -130,12 +143,14 @@ def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, siz
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                   size_average=None, ignore_index: int = -100, reduce=None,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
-    if target.is_floating_point() or label_smoothing != 0.0:
+    if target.is_floating_point():
         raise NotImplementedError(
-            "fastnn.cross_entropy supports class-index targets without label smoothing; for "
-            "probability targets or label_smoothing > 0 use torch.nn.functional.cross_entropy.")
+            "fastnn.cross_entropy supports class-index targets; for probability targets use "
+            "torch.nn.functional.cross_entropy.")
     red = _reduction_of(size_average, reduce, reduction)
     input, target, weight = _loss_inputs("cross_entropy", input, target, weight)
     ignore_index = _int_arg("cross_entropy", "ignore_index", ignore_index)
-    return _ops.cross_entropy_forward(input, target, weight, red, ignore_index)[0]
+    label_smoothing = _float_arg("cross_entropy", "label_smoothing", label_smoothing)
+    return _ops.cross_entropy_forward(input, target, weight, red, ignore_index,
+                                      label_smoothing)[0]
 

@@ -91,15 +91,15 @@ class NLLLoss(nn.NLLLoss):
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
-    """log_softmax + NLLLoss fused into one kernel each way, for class-index targets."""
+    """log_softmax + NLLLoss fused into one kernel each way, for class-index targets, with
+    label smoothing."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         if torch.jit.is_scripting():
-            if target.is_floating_point() or self.label_smoothing != 0.0:
-                raise NotImplementedError(
-                    "fastnn.cross_entropy supports class-index targets without label smoothing")
+            if target.is_floating_point():
+                raise NotImplementedError("fastnn.cross_entropy supports class-index targets")
             return torch.ops.fastnn.cross_entropy_forward(
                 input, _scripted_target(target), self.weight, _scripted_reduction(self.reduction),
-                self.ignore_index)[0]
+                self.ignore_index, self.label_smoothing)[0]
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing)

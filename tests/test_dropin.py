@@ -173,12 +173,16 @@ def test_lazy_linear_becomes_fastnn_linear(device):
     assert type(model[0]) is fastnn.Linear and type(model[1]) is fastnn.ReLU
 
 
-def test_convert_leaves_unsupported_configurations_native():
-    """A CrossEntropyLoss with label smoothing stays native (fastnn's has none) rather
-    than being swapped for one that raises at its first call."""
-    smooth, plain = nn.CrossEntropyLoss(label_smoothing=0.1), nn.CrossEntropyLoss()
-    fastnn.convert(nn.ModuleList([smooth, plain]))
-    assert type(smooth) is nn.CrossEntropyLoss and type(plain) is fastnn.CrossEntropyLoss
+def test_convert_keeps_loss_options(device):
+    """A converted CrossEntropyLoss keeps its options (label smoothing, weight,
+    ignore_index, reduction) and computes what the native one did."""
+    w = torch.rand(5, device=device) + 0.5
+    loss = nn.CrossEntropyLoss(weight=w, ignore_index=1, reduction="sum", label_smoothing=0.1)
+    x, t = torch.randn(8, 5, device=device), torch.randint(0, 5, (8,), device=device)
+    want = loss(x, t)
+    fastnn.convert(loss)
+    assert type(loss) is fastnn.CrossEntropyLoss
+    torch.testing.assert_close(loss(x, t), want)
 
 
 def test_fx_symbolic_trace(device):
@@ -274,7 +278,8 @@ def _scripted_case(device):
                            fnn.ReLU(inplace=True), fnn.LogSoftmax(dim=1)).to(device, torch.float64)
     cw = torch.rand(5, dtype=torch.float64, device=device) + 0.5
     losses = [fnn.NLLLoss(), fnn.NLLLoss(weight=cw, ignore_index=2, reduction="sum"),
-              fnn.CrossEntropyLoss(reduction="none"), fnn.CrossEntropyLoss(weight=cw)]
+              fnn.CrossEntropyLoss(reduction="none"), fnn.CrossEntropyLoss(weight=cw),
+              fnn.CrossEntropyLoss(weight=cw, label_smoothing=0.1)]
     x = torch.randn(7, 6, dtype=torch.float64, device=device)
     t = torch.tensor([0, 4, 2, 1, 3, 2, 0], device=device)
     return model, [loss.to(device) for loss in losses], x, t
@@ -312,9 +317,9 @@ def test_torchscript(device):
 
 @_JIT_DEPRECATED
 def test_torchscript_refuses_what_eager_refuses():
-    scripted = torch.jit.script(fnn.CrossEntropyLoss(label_smoothing=0.1))
-    with pytest.raises(torch.jit.Error, match="without label smoothing"):
-        scripted(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    scripted = torch.jit.script(fnn.CrossEntropyLoss())
+    with pytest.raises(torch.jit.Error, match="class-index targets"):
+        scripted(torch.randn(3, 4), torch.softmax(torch.randn(3, 4), 1))
     scripted = torch.jit.script(fnn.NLLLoss(reduction="average"))
     with pytest.raises(torch.jit.Error, match="reduction must be"):
         scripted(torch.randn(3, 4), torch.tensor([0, 1, 2]))

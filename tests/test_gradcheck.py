@@ -96,6 +96,15 @@ def test_gradcheck_losses(device, dtype, loss, shape, weighted, ignore_index, re
     gc(lambda inp: fn(inp, t, w, **kw), (x,))
 
 
+@pytest.mark.parametrize("shape,weighted,ignore_index,reduction", LOSS_CASES, ids=str)
+def test_gradcheck_cross_entropy_label_smoothing(device, dtype, shape, weighted, ignore_index,
+                                                 reduction):
+    x = randn(*shape, dtype=dtype, device=device).requires_grad_()
+    t, w, kw = _loss_inputs(shape, weighted, ignore_index, device)
+    kw["reduction"] = reduction
+    gc(lambda inp: FF.cross_entropy(inp, t, w, label_smoothing=0.3, **kw), (x,))
+
+
 def test_gradcheck_mlp_chain(device, dtype):
     """The whole seed-MLP chain, small: linear -> relu -> linear -> log_softmax -> nll."""
     for seed in range(100):  # relu kinks: pick inputs whose pre-activations are not near 0

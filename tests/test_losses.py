@@ -2,6 +2,7 @@
 option matrix: input shapes (N, C), (C), (N, C, d1), (N, C, d1, d2); weight None/given;
 ignore_index default and set (with targets equal to it); reduction none/mean/sum;
 all-ignored and empty batches; non-contiguous inputs; values and input gradients."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -252,6 +253,70 @@ def test_loss_no_grad(device, dtype):
         x = x.detach()
 
 
+# ----------------------------------------------------------------------------- label smoothing
+
+SMOOTHING = [0.1, 1.0]
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (7,), (4, 5, 3), (300, 10), (8, 1000), (3, 2000)],
+                         ids=str)
+@pytest.mark.parametrize("weighted", [False, True], ids=["noweight", "weight"])
+@pytest.mark.parametrize("ignore_index", [None, 2], ids=lambda i: f"ii{i}")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("eps", SMOOTHING, ids=lambda e: f"eps{e}")
+def test_cross_entropy_label_smoothing(device, dtype, shape, weighted, ignore_index, reduction,
+                                       eps):
+    """Native's label smoothing, (1 - eps) * NLL + eps / C * (-sum_c w[c] log_softmax[c]),
+    on every kernel path: small and large C (8 x 1000, 3 x 2000: the long-row paths), a
+    spatial dim, a (C) input."""
+    x, t, w = make_inputs(shape, dtype, device, ignore_index, weighted)
+    kw = kwargs_of(reduction, ignore_index)
+    kw["label_smoothing"] = eps
+    check_loss("ce", x, t, w, kw, dtype)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["noweight", "weight"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_label_smoothing_edge_cases(device, dtype, weighted, reduction):
+    """All targets ignored (mean: NaN), an empty batch, and -inf logits (the smoothing
+    term sees log(0) = -inf: the loss is inf, as natively)."""
+    kw = dict(reduction=reduction, label_smoothing=0.2)
+    x, t, w = make_inputs((6, 4), dtype, device, weighted=weighted)
+    check_loss("ce", x, torch.full_like(t, -100), w, kw, dtype, equal_nan=True)
+    x, t, w = make_inputs((0, 4), dtype, device, weighted=weighted)
+    check_loss("ce", x, t, w, kw, dtype, equal_nan=True)
+    x, t, w = make_inputs((3, 4), dtype, device, weighted=weighted)
+    x[0, 1] = -float("inf")
+    t[0] = 0
+    want = F.cross_entropy(x, t, w, **kw)
+    got = FF.cross_entropy(x, t, w, **kw)
+    assert_close(got, want, dtype, k=12, equal_nan=True)
+
+
+def test_cross_entropy_label_smoothing_zero_is_plain(device, dtype):
+    """label_smoothing=0 takes the unsmoothed path: bitwise the default's loss and grad."""
+    x, t, w = make_inputs((9, 6, 2), dtype, device, ignore_index=1, weighted=True)
+    x0, x1 = leaf(x), leaf(x)
+    l0 = FF.cross_entropy(x0, t, w, ignore_index=1)
+    l1 = FF.cross_entropy(x1, t, w, ignore_index=1, label_smoothing=0.0)
+    l0.backward()
+    l1.backward()
+    assert torch.equal(l0, l1) and torch.equal(x0.grad, x1.grad)
+
+
+def test_cross_entropy_label_smoothing_arguments(device):
+    x, t, _ = make_inputs((4, 5), torch.float32, device)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(RuntimeError, match="label_smoothing` must be between 0.0 and 1.0"):
+            FF.cross_entropy(x, t, label_smoothing=bad)
+    with pytest.raises(TypeError, match="'label_smoothing' must be float, not str"):
+        FF.cross_entropy(x, t, label_smoothing="0.1")
+    # the number types native takes: int, NumPy float, a one-element tensor
+    want = F.cross_entropy(x, t, label_smoothing=1.0)
+    for eps in (1, np.float32(1.0), torch.tensor(1.0)):
+        torch.testing.assert_close(FF.cross_entropy(x, t, label_smoothing=eps), want)
+
+
 # ----------------------------------------------------------------------------- modules
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["noweight", "weight"])
@@ -260,9 +325,11 @@ def test_loss_no_grad(device, dtype):
 def test_loss_modules(device, dtype, cls, weighted, reduction):
     C = 6
     w = torch.rand(C, dtype=torch.float64) + 0.5 if weighted else None
-    native = getattr(nn, cls)(weight=w, ignore_index=2, reduction=reduction)
-    fast = getattr(fastnn, cls)(weight=None if w is None else w.clone(), ignore_index=2,
-                                reduction=reduction)
+    kw = dict(ignore_index=2, reduction=reduction)
+    if cls == "CrossEntropyLoss":
+        kw["label_smoothing"] = 0.15
+    native = getattr(nn, cls)(weight=w, **kw)
+    fast = getattr(fastnn, cls)(weight=None if w is None else w.clone(), **kw)
     assert repr(fast) == repr(native)
     assert fast.state_dict().keys() == native.state_dict().keys()
     native.to(device=device, dtype=dtype)
@@ -284,14 +351,6 @@ def test_nll_after_log_softmax_matches_cross_entropy(device, dtype):
 
 
 # ----------------------------------------------------------------------------- unsupported
-
-def test_cross_entropy_label_smoothing_not_implemented(device):
-    x, t, _ = make_inputs((4, 5), torch.float32, device)
-    with pytest.raises(NotImplementedError, match="label_smoothing"):
-        FF.cross_entropy(x, t, label_smoothing=0.1)
-    with pytest.raises(NotImplementedError, match="label_smoothing"):
-        fastnn.CrossEntropyLoss(label_smoothing=0.2)(x, t)
-
 
 def test_cross_entropy_probability_targets_not_implemented(device):
     x = randn(4, 5, device=device)

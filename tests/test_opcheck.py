@@ -67,21 +67,23 @@ def samples(name, device):
                      ((6, 5), r(5).abs() + 0.5, NONE, 1), ((6, 5), None, SUM, -100),
                      ((5,), None, MEAN, -100), ((3, 5, 4), r(5).abs() + 0.5, MEAN, 0),
                      ((2, 5, 3, 2), None, NONE, -100), ((0, 5), None, SUM, -100)]
-            for shape, w, red, ii in cases:
+            # cross-entropy: also with label smoothing (the schema's trailing float)
+            smoothing = [()] if name.startswith("nll") else [(), (0.25,)]
+            for (shape, w, red, ii), ls in ((c, ls) for c in cases for ls in smoothing):
                 C = shape[0] if len(shape) == 1 else shape[1]
                 tshape = () if len(shape) == 1 else (shape[0],) + shape[2:]
                 t = torch.randint(0, C, tshape, device=device)
                 x = r(*shape)
                 fwd = getattr(ops, name.replace("backward", "forward"))
-                res = fwd(x, t, w, red, ii)
+                res = fwd(x, t, w, red, ii, *ls)
                 if name.endswith("forward"):
-                    out.append((rg(x), t, w, red, ii))
+                    out.append((rg(x), t, w, red, ii, *ls))
                     continue
                 g = r(*res[0].shape)
                 if name == "nll_loss_backward":
                     out.append((g, x, t, w, red, ii, res[1]))
                 else:
-                    out.append((g, x, t, w, red, ii, res[1], res[2]))
+                    out.append((g, x, t, w, red, ii, res[1], res[2], *ls))
         else:
             raise AssertionError(name)
     return out

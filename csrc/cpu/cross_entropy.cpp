@@ -1,5 +1,6 @@
 // Fused cross-entropy on the CPU: fastnn::cross_entropy_forward / cross_entropy_backward
-// (= log_softmax over the class dim + NLL with class-index targets, no label smoothing).
+// (= log_softmax over the class dim + NLL with class-index targets, optional label
+// smoothing eps).
 //
 // Shapes (see loss_shapes.h): input (C), (N, C) or (N, C, d1, ..., dk) viewed as a dense
 // [N, C, S]; target () / (N) / (N, d1, ..., dk) viewed as [N, S]; optional weight (C).
@@ -7,13 +8,17 @@
 //   m = max_c x,  ls = log(sum_c exp(x - m)),  lse[n, s, :] = (m, ls)
 //   (lse: the target's shape plus a last dim of 2; see lse_shape in loss_shapes.h)
 //   loss[n, s] = -w[t] * ((x[n, t, s] - m) - ls)  for t = target[n, s] != ignore_index
+//   with label smoothing eps > 0 (native's definition):
+//   loss[n, s] = (1 - eps) * that - eps / C * sum_c w[c] * ((x[n, c, s] - m) - ls)
 //   total_weight = sum of w[t] over non-ignored positions (0-dim, every reduction)
 //   reduction none -> loss (target's shape, 0 where ignored); sum -> sum of loss;
 //   mean -> sum of loss / total_weight (NaN when nothing is counted, like torch).
 // Backward (from the saved lse, no saved log-probs), g = grad_output[n, s] (none),
 // grad_output (sum) or grad_output / total_weight (mean):
 //   grad[n, c, s] = g * w[t] * (exp((x[n, c, s] - m) - ls) - [c == t]),  0 if ignored,
-//   the softmax rounded as native log_softmax's output is.
+//   the softmax rounded as native log_softmax's output is. With label smoothing, for
+//   hot = g (1 - eps) w[t], uni = g eps / C and Wsum = sum_c w[c]:
+//   grad[n, c, s] = (hot + uni * Wsum) * softmax[c] - hot * [c == t] - uni * w[c].
 // Targets outside [0, C) other than ignore_index raise IndexError.
 //
 // Work split:
@@ -31,6 +36,9 @@
 //     serially in chunk order -> bitwise identical results for any thread count. A single
 //     chunk (small batches) runs inline: no parallel_for, no scratch allocation, and no
 //     .contiguous() copies for already dense inputs, to keep per-call overhead low.
+//   * Label smoothing adds, per counted position, one scalar pass over its C logits (in
+//     double) for the forward's smoothing term, and one vector term per class to the
+//     backward; eps = 0 leaves every path as it was.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -56,7 +64,22 @@ constexpr int64_t kSmallC = 32;         // rows-as-lanes forward up to this many
 
 struct Args {
   int64_t C, S, ignore_index;
+  double eps = 0;   // label smoothing
+  double wsum = 0;  // sum_c w[c] (C without weights); backward with eps > 0 only
 };
+
+// -eps / C * sum_c w[c] * log_softmax(x)[c] added to (1 - eps) * the target's term: the
+// label-smoothed loss of the position whose logits start at x_ns (stride S).
+template <typename T>
+inline T smoothed_loss(T nll, const T* x_ns, const T* w, T m, T ls, const Args& a) {
+  double s = 0;
+  for (int64_t c = 0; c < a.C; ++c) {
+    const double lp = static_cast<double>((x_ns[c * a.S] - m) - ls);
+    s += w ? static_cast<double>(w[c]) * lp : lp;
+  }
+  return static_cast<T>((1.0 - a.eps) * static_cast<double>(nll) -
+                        a.eps / static_cast<double>(a.C) * s);
+}
 
 // Accumulates position p's loss given its m and ls; writes the none-reduction entry.
 template <typename T>
@@ -69,7 +92,8 @@ inline void add_loss(LossPartial& acc, const T* x_ns /* x at (n, 0, s) */, const
   }
   if (C10_UNLIKELY(t < 0 || t >= a.C)) throw_bad_target("cross_entropy_forward", t, a.C, a.ignore_index);
   const T wt = w ? w[t] : T(1);
-  const T v = -wt * ((x_ns[t * a.S] - m) - ls);
+  T v = -wt * ((x_ns[t * a.S] - m) - ls);
+  if (a.eps != 0) v = smoothed_loss(v, x_ns, w, m, ls, a);
   if (out_none) out_none[p] = v;
   acc.loss += static_cast<double>(v);
   acc.weight += static_cast<double>(wt);
@@ -190,15 +214,31 @@ LossPartial forward_range(const T* x, const int64_t* tgt, const T* w, T* out_non
 }
 
 // ---------------------------------------------------------------- backward
-// Per-position scale a = g * w[t] (0 for ignored positions), target checked.
+// A position's gradient: grad[c] = soft * softmax[c] - hot * [c == t] - uni * w[c]
+// (w[c] = 1 without weights). Without label smoothing soft = hot = g * w[t], uni = 0.
 template <typename T>
-inline T row_scale(const int64_t* tgt, const T* w, const T* g_none, T g_red, int64_t p,
-                   const Args& a, int64_t& t) {
+struct RowCoef {
+  T soft = T(0), hot = T(0), uni = T(0);
+};
+
+// Position p's coefficients (all 0 for an ignored position), target checked.
+template <typename T>
+inline RowCoef<T> row_coef(const int64_t* tgt, const T* w, const T* g_none, T g_red, int64_t p,
+                           const Args& a, int64_t& t) {
+  RowCoef<T> k;
   t = tgt[p];
-  if (t == a.ignore_index) return T(0);
+  if (t == a.ignore_index) return k;
   if (C10_UNLIKELY(t < 0 || t >= a.C)) throw_bad_target("cross_entropy_backward", t, a.C, a.ignore_index);
   const T g = g_none ? g_none[p] : g_red;
-  return w ? g * w[t] : g;
+  const T gw = w ? g * w[t] : g;
+  if (a.eps == 0) {
+    k.soft = k.hot = gw;
+    return k;
+  }
+  k.hot = static_cast<T>(1.0 - a.eps) * gw;
+  k.uni = g * static_cast<T>(a.eps / static_cast<double>(a.C));
+  k.soft = k.hot + k.uni * static_cast<T>(a.wsum);
+  return k;
 }
 
 template <typename T>
@@ -210,14 +250,16 @@ void backward_scalar(const T* x, const int64_t* tgt, const T* w, const T* g_none
     const T* xr = x + n * C * S + s;
     T* gr = gi + n * C * S + s;
     int64_t t;
-    const T sc = row_scale(tgt, w, g_none, g_red, p, a, t);
+    const RowCoef<T> k = row_coef(tgt, w, g_none, g_red, p, a, t);
     if (t == a.ignore_index) {
       for (int64_t c = 0; c < C; ++c) gr[c * S] = T(0);
       continue;
     }
     const T m = lse[2 * p], ls = lse[2 * p + 1];
-    for (int64_t c = 0; c < C; ++c) gr[c * S] = std::exp((xr[c * S] - m) - ls) * sc;
-    gr[t * S] -= sc;
+    for (int64_t c = 0; c < C; ++c) gr[c * S] = std::exp((xr[c * S] - m) - ls) * k.soft;
+    if (a.eps != 0)
+      for (int64_t c = 0; c < C; ++c) gr[c * S] -= w ? k.uni * w[c] : k.uni;
+    gr[t * S] -= k.hot;
   }
 }
 
@@ -236,7 +278,7 @@ FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt
       const T* xr = x + p * C;
       T* gr = gi + p * C;
       int64_t t;
-      const T sc = row_scale(tgt, w, g_none, g_red, p, a, t);
+      const RowCoef<T> k = row_coef(tgt, w, g_none, g_red, p, a, t);
       int64_t c = 0;
       if (t == a.ignore_index) {
         for (; c + W <= C; c += W) A::store(gr + c, A::zero());
@@ -244,16 +286,20 @@ FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt
         continue;
       }
       // the one-hot term is subtracted in registers (no store-then-reload of gr[t])
-      const V vm = A::set1(lse[2 * p]), vls = A::set1(lse[2 * p + 1]), vs = A::set1(sc);
+      const V vm = A::set1(lse[2 * p]), vls = A::set1(lse[2 * p + 1]);
+      const V vs = A::set1(k.soft), vh = A::set1(k.hot), vu = A::set1(k.uni);
+      const bool smooth = a.eps != 0;
       for (; c + W <= C; c += W) {
         V v = A::mul(A::exp(A::sub(A::sub(A::load(xr + c), vm), vls)), vs);
-        if (t >= c && t < c + W) v = A::sub_at_lane(v, t - c, vs);
+        if (smooth) v = w ? A::fnmadd(vu, A::load(w + c), v) : A::sub(v, vu);
+        if (t >= c && t < c + W) v = A::sub_at_lane(v, t - c, vh);
         A::store(gr + c, v);
       }
       if (c < C) {
         const __m256i tm = A::mask(C - c);
         V v = A::mul(A::exp(A::sub(A::sub(A::mload(xr + c, tm), vm), vls)), vs);
-        if (t >= c) v = A::sub_at_lane(v, t - c, vs);
+        if (smooth) v = w ? A::fnmadd(vu, A::mload(w + c, tm), v) : A::sub(v, vu);
+        if (t >= c) v = A::sub_at_lane(v, t - c, vh);
         A::mstore(gr + c, tm, v);
       }
     }
@@ -261,17 +307,20 @@ FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt
   }
   // S > 1: units are (n, block of W spatial positions); p0/p1 index those units.
   const int64_t nblk = (S + W - 1) / W;
-  alignas(32) T scv[W];
+  alignas(32) T softv[W], hotv[W], univ[W];
   int64_t tv[W];
   for (int64_t u = p0; u < p1; ++u) {
     const int64_t n = u / nblk, s = (u % nblk) * W, wd = std::min(W, S - s);
     const int64_t pb = n * S + s;
     for (int64_t k = 0; k < W; ++k) {
-      scv[k] = T(0);
+      softv[k] = hotv[k] = univ[k] = T(0);
       tv[k] = -1;
     }
     for (int64_t k = 0; k < wd; ++k) {
-      scv[k] = row_scale(tgt, w, g_none, g_red, pb + k, a, tv[k]);
+      const RowCoef<T> rc = row_coef(tgt, w, g_none, g_red, pb + k, a, tv[k]);
+      softv[k] = rc.soft;
+      hotv[k] = rc.hot;
+      univ[k] = rc.uni;
       if (tv[k] == a.ignore_index) tv[k] = -1;
     }
     const T* xb = x + n * C * S + s;
@@ -282,7 +331,8 @@ FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt
       mv[k] = k < wd ? lse[2 * (pb + k)] : T(0);
       lsv[k] = k < wd ? lse[2 * (pb + k) + 1] : T(0);
     }
-    const V vm = A::load(mv), vls = A::load(lsv), vs = A::load(scv);
+    const V vm = A::load(mv), vls = A::load(lsv), vs = A::load(softv), vu = A::load(univ);
+    const bool smooth = a.eps != 0;
     // ignored lanes have scale 0; force exact zeros there even for non-finite logits
     alignas(32) T keepv[W];
     for (int64_t k = 0; k < W; ++k) {
@@ -291,11 +341,12 @@ FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt
     }
     const V km = A::load(keepv);
     for (int64_t c = 0; c < C; ++c) {
-      const V v = A::mul(A::exp(A::sub(A::sub(A::mload(xb + c * S, tm), vm), vls)), vs);
+      V v = A::mul(A::exp(A::sub(A::sub(A::mload(xb + c * S, tm), vm), vls)), vs);
+      if (smooth) v = A::fnmadd(vu, w ? A::set1(w[c]) : A::set1(T(1)), v);
       A::mstore(gb + c * S, tm, A::band(v, km));
     }
     for (int64_t k = 0; k < wd; ++k)
-      if (tv[k] >= 0) gb[tv[k] * S + k] -= scv[k];
+      if (tv[k] >= 0) gb[tv[k] * S + k] -= hotv[k];
   }
 }
 #endif
@@ -334,16 +385,17 @@ void backward_run(const T* x, const int64_t* tgt, const T* w, const T* g_none, T
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
     const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-    int64_t reduction, int64_t ignore_index) {
+    int64_t reduction, int64_t ignore_index, double label_smoothing) {
   constexpr const char* op = "cross_entropy_forward";
   const LossShape sh = check_loss_inputs(op, input, target, weight, reduction);
+  check_label_smoothing(op, label_smoothing);
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
   at::Tensor loss = loss_output(target, input, reduction);
   at::Tensor lse = dense_empty(lse_shape(target), input);
   at::Tensor total_weight = dense_empty({}, input);
-  const Args a{sh.C, sh.S, ignore_index};
+  const Args a{sh.C, sh.S, ignore_index, label_smoothing};
 
   FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_forward", [&] {
     const scalar_t* px = x->const_data_ptr<scalar_t>();
@@ -365,10 +417,11 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
                                       const at::Tensor& target,
                                       const c10::optional<at::Tensor>& weight, int64_t reduction,
                                       int64_t ignore_index, const at::Tensor& lse,
-                                      const at::Tensor& total_weight) {
+                                      const at::Tensor& total_weight, double label_smoothing) {
   constexpr const char* op = "cross_entropy_backward";
   const LossShape sh = check_loss_backward_inputs(op, grad_output, input, target, weight, reduction,
                                                   total_weight);
+  check_label_smoothing(op, label_smoothing);
   const bool none = reduction == at::Reduction::None;
   check_lse(op, lse, input, target);
   check_same_dtype(op, "lse", lse, "input", input);
@@ -379,16 +432,22 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
   const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
   at::Tensor grad_input = dense_empty(input.sizes(), input);
   if (sh.N * sh.S == 0 || grad_input.numel() == 0) return grad_input;
-  const Args a{sh.C, sh.S, ignore_index};
+  Args a{sh.C, sh.S, ignore_index, label_smoothing};
 
   FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_backward", [&] {
+    const scalar_t* pw = weight_data<scalar_t>(*w);
+    a.wsum = static_cast<double>(sh.C);
+    if (pw && label_smoothing != 0) {
+      a.wsum = 0;
+      for (int64_t c = 0; c < sh.C; ++c) a.wsum += static_cast<double>(pw[c]);
+    }
     const scalar_t* pg = go->const_data_ptr<scalar_t>();
     const scalar_t g_red =
         none ? scalar_t(0)
              : (reduction == at::Reduction::Mean ? pg[0] / *total_weight.const_data_ptr<scalar_t>()
                                                  : pg[0]);
     backward_run<scalar_t>(x->const_data_ptr<scalar_t>(), tg->const_data_ptr<int64_t>(),
-                           weight_data<scalar_t>(*w), none ? pg : nullptr,
+                           pw, none ? pg : nullptr,
                            g_red, l->const_data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(),
                            sh.N, a);
   });

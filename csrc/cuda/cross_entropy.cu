@@ -1,11 +1,12 @@
 // Fused cross-entropy on CUDA (log_softmax over the class dim + NLL, class-index
-// targets): cross_entropy_forward, cross_entropy_backward.
+// targets, optional label smoothing eps): cross_entropy_forward, cross_entropy_backward.
 //
 // What it computes (LossShape [N, C, S], M = N * S rows (n, s); element
 // (n, c, s) at n*C*S + c*S + s; w[c] = weight[c] or 1):
 //   m_i = max_c x[n, c, s],  lg_i = log(sum_c exp(x[n, c, s] - m_i))
 //   l_i    = -w[t] * ((x[n, t, s] - m_i) - log(sum ...)),  t = target[i];
-//            l_i = w_i = 0 when t == ignore_index
+//            l_i = w_i = 0 when t == ignore_index; with label smoothing eps > 0
+//            l_i = (1 - eps) * that - eps / C * sum_c w[c] * ((x[n, c, s] - m_i) - lg_i)
 //   loss   = l (none, target's shape) | sum_i l_i (sum) | sum_i l_i / sum_i w_i (mean)
 //   total_weight = sum_i w_i (0-dim, input dtype, every reduction)
 //   lse (the log-sum-exp, kept for the backward) is returned as the pairs
@@ -17,7 +18,9 @@
 //   A target outside [0, C) (other than ignore_index) fails a device-side assert.
 //   backward: dx[n, c, s] = g_i * w[t] * (exp((x[n, c, s] - m_i) - lg_i) - [c == t]),
 //     0 for ignored rows; g_i = grad_output[i] (none), grad_output (sum) or
-//     grad_output / total_weight (mean, read from device memory).
+//     grad_output / total_weight (mean, read from device memory). With eps > 0, for
+//     hot = g_i (1 - eps) w[t], uni = g_i eps / C, Wsum = sum_c w[c]:
+//     dx[n, c, s] = (hot + uni * Wsum) * softmax - hot * [c == t] - uni * w[c].
 // Work split
 //   forward, deterministic (no atomics; the grid depends only on M and C):
 //   * S == 1, C <= 1024: warp kernel, row in registers (lane l holds classes
@@ -33,9 +36,14 @@
 //   Each block reduces its threads' (loss, weight) sums in fixed order; one block
 //   writes the result directly, more write partials that loss_finalize_kernel
 //   combines in fixed order.
+//   Label smoothing (eps > 0, a kernel-uniform branch) adds the sum over the row of
+//   w[c] * log_softmax: from the registers (warp kernel), or a second pass over the row
+//   once m and lg are known (block kernel: strided by thread, then a block sum; column
+//   kernel: the same thread's C classes again).
 //   backward, one kernel: S == 1 and C >= 128: a block per row with 16-byte vector
 //   loads/stores when aligned; otherwise a flat elementwise kernel over N*C*S
-//   (32-bit index math when the tensor has < 2^31 elements).
+//   (32-bit index math when the tensor has < 2^31 elements). With eps > 0 and weights,
+//   each block first sums the weights (Wsum) in fixed order.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -67,6 +75,13 @@ __device__ __forceinline__ void store_lse(A* __restrict__ lse, int64_t i, A m, A
   lse[2 * i + 1] = lg;
 }
 
+// The label-smoothed loss of a counted row, from its target term nll = -w[t] * logp[t]
+// and wlp = sum_c w[c] * logp[c].
+template <typename A>
+__device__ __forceinline__ A smoothed_loss(A nll, A wlp, A eps, int64_t C) {
+  return (A(1) - eps) * nll - eps / static_cast<A>(C) * wlp;
+}
+
 template <int ELEMS>
 constexpr int warp_kernel_max_threads() {
   return ELEMS <= 2 ? 1024 : 256;
@@ -80,7 +95,7 @@ __global__ void __launch_bounds__(warp_kernel_max_threads<ELEMS>(), 1)
                        const T* __restrict__ w, acc_t<T>* __restrict__ lse_out,
                        T* __restrict__ out_none, acc_t<T>* __restrict__ partials,
                        T* __restrict__ loss, T* __restrict__ total_weight, int64_t M, int C,
-                       int64_t ignore_index, int reduction) {
+                       int64_t ignore_index, int reduction, acc_t<T> eps) {
   using A = acc_t<T>;
   __shared__ A red[kWarpSize];
   const int lane = threadIdx.x % kWarpSize;
@@ -105,10 +120,20 @@ __global__ void __launch_bounds__(warp_kernel_max_threads<ELEMS>(), 1)
     }
     A v[ELEMS], m, s;
     warp_row_max_sumexp<ELEMS, WIDTH>(x + off, valid, C, l, v, m, s);
+    const A lg = dlog(s);
+    A wlp = A(0);
+    if (eps != A(0)) {  // kernel-uniform: every lane takes part in the shuffles
+#pragma unroll
+      for (int j = 0; j < ELEMS; ++j) {
+        const int c = j * WIDTH + l;
+        if (valid && c < C) wlp += (w != nullptr ? to_acc(w[c]) : A(1)) * ((v[j] - m) - lg);
+      }
+      wlp = warp_reduce<WIDTH>(wlp, SumOp());
+    }
     if (valid && l == 0) {
-      const A lg = dlog(s);
       store_lse(lse_out, row, m, lg);
-      const A li = use ? -wt * ((xt - m) - lg) : A(0);
+      A li = use ? -wt * ((xt - m) - lg) : A(0);
+      if (use && eps != A(0)) li = smoothed_loss(li, wlp, eps, C);
       if (out_none != nullptr) out_none[row] = from_acc<T>(li);
       ls += li;
       ws += wt;
@@ -151,7 +176,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 2)
                         const T* __restrict__ w, acc_t<T>* __restrict__ lse_out,
                         T* __restrict__ out_none, acc_t<T>* __restrict__ partials,
                         T* __restrict__ loss, T* __restrict__ total_weight, int64_t M, int64_t C,
-                        int64_t ignore_index, int reduction) {
+                        int64_t ignore_index, int reduction, acc_t<T> eps) {
   using A = acc_t<T>;
   __shared__ A red[kWarpSize];
   A ls = A(0), ws = A(0);  // used by thread 0 only
@@ -174,10 +199,17 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 2)
     ce_row_stats<T, V>(xr, C, m, s);
     const A Mx = block_reduce(m, MaxOp(), neg_inf<A>(), red);
     const A Sm = block_reduce(rescale_sum(m, s, Mx), SumOp(), A(0), red);
+    const A lg = dlog(Sm);
+    A wlp = A(0);
+    if (eps != A(0)) {  // second pass over the row (kernel-uniform branch)
+      for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+        wlp += (w != nullptr ? to_acc(w[c]) : A(1)) * ((to_acc(xr[c]) - Mx) - lg);
+      wlp = block_reduce(wlp, SumOp(), A(0), red);
+    }
     if (threadIdx.x == 0) {
-      const A lg = dlog(Sm);
       store_lse(lse_out, row, Mx, lg);
-      const A li = use ? -wt * ((xt - Mx) - lg) : A(0);
+      A li = use ? -wt * ((xt - Mx) - lg) : A(0);
+      if (use && eps != A(0)) li = smoothed_loss(li, wlp, eps, C);
       if (out_none != nullptr) out_none[row] = from_acc<T>(li);
       ls += li;
       ws += wt;
@@ -194,7 +226,7 @@ __global__ void __launch_bounds__(kColThreads)
                       const T* __restrict__ w, acc_t<T>* __restrict__ lse_out,
                       T* __restrict__ out_none, acc_t<T>* __restrict__ partials,
                       T* __restrict__ loss, T* __restrict__ total_weight, int64_t M, int64_t C,
-                      int64_t S, int64_t ignore_index, int reduction) {
+                      int64_t S, int64_t ignore_index, int reduction, acc_t<T> eps) {
   using A = acc_t<T>;
   __shared__ A red[kWarpSize];
   A ls = A(0), ws = A(0);
@@ -215,6 +247,12 @@ __global__ void __launch_bounds__(kColThreads)
     if (use) {
       wt = w != nullptr ? to_acc(w[t]) : A(1);
       li = -wt * ((to_acc(x[base + t * S]) - m) - lg);
+      if (eps != A(0)) {
+        A wlp = A(0);
+        for (int64_t c = 0; c < C; ++c)
+          wlp += (w != nullptr ? to_acc(w[c]) : A(1)) * ((to_acc(x[base + c * S]) - m) - lg);
+        li = smoothed_loss(li, wlp, eps, C);
+      }
     }
     if (out_none != nullptr) out_none[p] = from_acc<T>(li);
     ls += li;
@@ -232,13 +270,34 @@ struct BwdArgs {
   const void* total_weight;
   int64_t ignore_index;
   int reduction;
+  double eps;  // label smoothing
 };
 
-// Per-row factor g_i * w[t] and the target class; returns false for an ignored
-// (or, with asserts compiled out, out-of-range) row.
+// A row's gradient: dx[c] = soft * softmax[c] - hot * [c == t] - uni * w[c]. Without
+// label smoothing soft = hot = g_i * w[t] and uni = 0.
+template <typename A>
+struct RowCoef {
+  A soft, hot, uni;
+};
+
+// sum_c w[c] (C without weights or smoothing: then unused), in every thread. Every
+// thread of the block must call it; fixed order, so deterministic.
+template <typename T>
+__device__ __forceinline__ acc_t<T> block_weight_sum(const BwdArgs& a, int64_t C,
+                                                     acc_t<T>* smem) {
+  using A = acc_t<T>;
+  const T* w = static_cast<const T*>(a.w);
+  if (w == nullptr || a.eps == 0) return static_cast<A>(C);
+  A s = A(0);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += to_acc(w[c]);
+  return block_reduce(s, SumOp(), A(0), smem);
+}
+
+// Row `row`'s coefficients and target class; returns false for an ignored (or, with
+// asserts compiled out, out-of-range) row.
 template <typename T>
 __device__ __forceinline__ bool ce_row_coef(const BwdArgs& a, int64_t row, int64_t C,
-                                            acc_t<T>& coef, int64_t& t) {
+                                            acc_t<T> wsum, RowCoef<acc_t<T>>& k, int64_t& t) {
   using A = acc_t<T>;
   t = a.tgt[row];
   if (t == a.ignore_index) return false;
@@ -248,13 +307,32 @@ __device__ __forceinline__ bool ce_row_coef(const BwdArgs& a, int64_t row, int64
   A g = to_acc(go[a.reduction == at::Reduction::None ? row : 0]);
   if (a.reduction == at::Reduction::Mean) g = g / to_acc(static_cast<const T*>(a.total_weight)[0]);
   const T* w = static_cast<const T*>(a.w);
-  coef = w != nullptr ? g * to_acc(w[t]) : g;
+  const A gw = w != nullptr ? g * to_acc(w[t]) : g;
+  if (a.eps == 0) {
+    k = {gw, gw, A(0)};
+  } else {
+    const A eps = static_cast<A>(a.eps);
+    const A hot = (A(1) - eps) * gw, uni = g * (eps / static_cast<A>(C));
+    k = {hot + uni * wsum, hot, uni};
+  }
   return true;
 }
 
+// One gradient element from the softmax value p at class c.
+template <typename T>
+__device__ __forceinline__ acc_t<T> ce_grad(const BwdArgs& a, const RowCoef<acc_t<T>>& k,
+                                            acc_t<T> p, int64_t c, int64_t t) {
+  using A = acc_t<T>;
+  if (a.eps == 0) return k.hot * (c == t ? p - A(1) : p);
+  const T* w = static_cast<const T*>(a.w);
+  const A g = k.soft * p - (w != nullptr ? k.uni * to_acc(w[c]) : k.uni);
+  return c == t ? g - k.hot : g;
+}
+
 template <typename T, int V>
-__device__ __forceinline__ void ce_bwd_row(const T* __restrict__ xr, T* __restrict__ gr,
-                                           int64_t C, bool use, acc_t<T> coef, int64_t t,
+__device__ __forceinline__ void ce_bwd_row(const BwdArgs& a, const T* __restrict__ xr,
+                                           T* __restrict__ gr, int64_t C, bool use,
+                                           const RowCoef<acc_t<T>>& coef, int64_t t,
                                            acc_t<T> m, acc_t<T> lg) {
   using A = acc_t<T>;
   using Vec = AlignedVec<T, V>;
@@ -281,7 +359,7 @@ __device__ __forceinline__ void ce_bwd_row(const T* __restrict__ xr, T* __restri
           A gval = A(0);
           if (use) {
             const A p = dexp((to_acc(r[u].val[k]) - m) - lg);
-            gval = coef * (i * V + k == t ? p - A(1) : p);
+            gval = ce_grad<T>(a, coef, p, i * V + k, t);
           }
           r[u].val[k] = from_acc<T>(gval);
         }
@@ -296,20 +374,23 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 2)
     ce_bwd_block_kernel(BwdArgs a, const T* __restrict__ x, const acc_t<T>* __restrict__ lse,
                         T* __restrict__ grad, int64_t M, int64_t C) {
   using A = acc_t<T>;
+  __shared__ A red[kWarpSize];
+  const A wsum = block_weight_sum<T>(a, C, red);
   for (int64_t row = blockIdx.x; row < M; row += gridDim.x) {
-    A coef = A(0);
+    RowCoef<A> coef{A(0), A(0), A(0)};
     int64_t t = -1;
-    const bool use = ce_row_coef<T>(a, row, C, coef, t);  // same address in every thread
+    const bool use = ce_row_coef<T>(a, row, C, wsum, coef, t);  // same address in every thread
     const A m = use ? lse[2 * row] : A(0);
     const A lg = use ? lse[2 * row + 1] : A(0);
-    ce_bwd_row<T, V>(x + row * C, grad + row * C, C, use, coef, t, m, lg);
+    ce_bwd_row<T, V>(a, x + row * C, grad + row * C, C, use, coef, t, m, lg);
   }
 }
 
 template <typename T, typename I>
 __device__ __forceinline__ void ce_bwd_flat_body(const BwdArgs& a, const T* __restrict__ x,
                                                  const acc_t<T>* __restrict__ lse,
-                                                 T* __restrict__ grad, I numel, I C, I S) {
+                                                 T* __restrict__ grad, I numel, I C, I S,
+                                                 acc_t<T> wsum) {
   using A = acc_t<T>;
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
@@ -323,12 +404,12 @@ __device__ __forceinline__ void ce_bwd_flat_body(const BwdArgs& a, const T* __re
       c = r / S;
       row = n * S + (r - c * S);
     }
-    A coef = A(0);
+    RowCoef<A> coef{A(0), A(0), A(0)};
     int64_t t = -1;
     A gval = A(0);
-    if (ce_row_coef<T>(a, static_cast<int64_t>(row), static_cast<int64_t>(C), coef, t)) {
+    if (ce_row_coef<T>(a, static_cast<int64_t>(row), static_cast<int64_t>(C), wsum, coef, t)) {
       const A p = dexp((to_acc(x[i]) - lse[2 * row]) - lse[2 * row + 1]);
-      gval = coef * (static_cast<int64_t>(c) == t ? p - A(1) : p);
+      gval = ce_grad<T>(a, coef, p, static_cast<int64_t>(c), t);
     }
     grad[i] = from_acc<T>(gval);
   }
@@ -338,11 +419,13 @@ template <typename T>
 __global__ void __launch_bounds__(kFlatThreads)
     ce_bwd_flat_kernel(BwdArgs a, const T* __restrict__ x, const acc_t<T>* __restrict__ lse,
                        T* __restrict__ grad, int64_t numel, int64_t C, int64_t S, bool idx32) {
+  __shared__ acc_t<T> red[kWarpSize];
+  const acc_t<T> wsum = block_weight_sum<T>(a, C, red);
   if (idx32) {
     ce_bwd_flat_body<T, uint32_t>(a, x, lse, grad, static_cast<uint32_t>(numel),
-                                  static_cast<uint32_t>(C), static_cast<uint32_t>(S));
+                                  static_cast<uint32_t>(C), static_cast<uint32_t>(S), wsum);
   } else {
-    ce_bwd_flat_body<T, int64_t>(a, x, lse, grad, numel, C, S);
+    ce_bwd_flat_body<T, int64_t>(a, x, lse, grad, numel, C, S, wsum);
   }
 }
 
@@ -362,8 +445,9 @@ int block_threads_for(int64_t nv, int min_threads) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cuda(
     const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-    int64_t reduction, int64_t ignore_index) {
+    int64_t reduction, int64_t ignore_index, double label_smoothing) {
   const LossShape sh = check_loss_inputs("cross_entropy_forward", input, target, weight, reduction);
+  check_label_smoothing("cross_entropy_forward", label_smoothing);
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
@@ -424,6 +508,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cuda(
       part = partials.mutable_data_ptr<A>();
     }
     const int red = static_cast<int>(reduction);
+    const A eps = static_cast<A>(label_smoothing);
     if (path == kWarp) {
       with_warp_variant(static_cast<int>(C), [&](auto e, auto wd) {
         constexpr int ELEMS = decltype(e)::value;
@@ -431,22 +516,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cuda(
         ce_fwd_warp_kernel<scalar_t, ELEMS, WIDTH>
             <<<static_cast<unsigned>(grid), threads, 0, stream>>>(
                 xp, tp, wp, lp, out_none, part, loss_scalar, twp, M, static_cast<int>(C),
-                ignore_index, red);
+                ignore_index, red, eps);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     } else if (path == kBlock) {
       if (vec) {
         ce_fwd_block_kernel<scalar_t, vec_size<scalar_t>()>
             <<<static_cast<unsigned>(grid), threads, 0, stream>>>(
-                xp, tp, wp, lp, out_none, part, loss_scalar, twp, M, C, ignore_index, red);
+                xp, tp, wp, lp, out_none, part, loss_scalar, twp, M, C, ignore_index, red, eps);
       } else {
         ce_fwd_block_kernel<scalar_t, 1><<<static_cast<unsigned>(grid), threads, 0, stream>>>(
-            xp, tp, wp, lp, out_none, part, loss_scalar, twp, M, C, ignore_index, red);
+            xp, tp, wp, lp, out_none, part, loss_scalar, twp, M, C, ignore_index, red, eps);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
       ce_fwd_col_kernel<scalar_t><<<static_cast<unsigned>(grid), threads, 0, stream>>>(
-          xp, tp, wp, lp, out_none, part, loss_scalar, twp, M, C, sh.S, ignore_index, red);
+          xp, tp, wp, lp, out_none, part, loss_scalar, twp, M, C, sh.S, ignore_index, red, eps);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (grid > 1) {
@@ -462,10 +547,11 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_output, const at::
                                        const at::Tensor& target,
                                        const c10::optional<at::Tensor>& weight, int64_t reduction,
                                        int64_t ignore_index, const at::Tensor& lse,
-                                       const at::Tensor& total_weight) {
+                                       const at::Tensor& total_weight, double label_smoothing) {
   constexpr const char* op = "cross_entropy_backward";
   const LossShape sh = check_loss_backward_inputs(op, grad_output, input, target, weight, reduction,
                                                   total_weight);
+  check_label_smoothing(op, label_smoothing);
   check_lse(op, lse, input, target);
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
@@ -488,7 +574,8 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_output, const at::
     using A = acc_t<scalar_t>;
     BwdArgs a{t.const_data_ptr<int64_t>(), go.const_data_ptr<scalar_t>(),
               has_w ? static_cast<const void*>(w.const_data_ptr<scalar_t>()) : nullptr,
-              tw.const_data_ptr<scalar_t>(), ignore_index, static_cast<int>(reduction)};
+              tw.const_data_ptr<scalar_t>(), ignore_index, static_cast<int>(reduction),
+              label_smoothing};
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const A* lp = l.const_data_ptr<A>();
     scalar_t* gp = grad.mutable_data_ptr<scalar_t>();

@@ -107,6 +107,13 @@ inline std::vector<int64_t> lse_shape(const at::Tensor& target) {
   return shape;
 }
 
+// cross_entropy's label_smoothing: the share eps of the loss spread uniformly over the
+// classes, in [0, 1] as natively.
+inline void check_label_smoothing(const char* op, double label_smoothing) {
+  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, "fastnn::", op,
+              ": `label_smoothing` must be between 0.0 and 1.0, got ", label_smoothing, ".");
+}
+
 inline void check_lse(const char* op, const at::Tensor& lse, const at::Tensor& input,
                       const at::Tensor& target) {
   check_floating(op, "lse", lse);

@@ -90,24 +90,25 @@ inline at::Tensor nll_loss_backward(const at::Tensor& grad_output, const at::Ten
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward(
     const at::Tensor& input, const at::Tensor& target, const OptTensor& weight,
-    int64_t reduction, int64_t ignore_index) {
+    int64_t reduction, int64_t ignore_index, double label_smoothing) {
   FASTNN_OP_HANDLE("cross_entropy_forward",
                    std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                        const at::Tensor&, const at::Tensor&, const OptTensor&, int64_t,
-                       int64_t));
-  return handle.call(input, target, weight, reduction, ignore_index);
+                       int64_t, double));
+  return handle.call(input, target, weight, reduction, ignore_index, label_smoothing);
 }
 
 inline at::Tensor cross_entropy_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                          const at::Tensor& target, const OptTensor& weight,
                                          int64_t reduction, int64_t ignore_index,
-                                         const at::Tensor& lse, const at::Tensor& total_weight) {
+                                         const at::Tensor& lse, const at::Tensor& total_weight,
+                                         double label_smoothing) {
   FASTNN_OP_HANDLE("cross_entropy_backward",
                    at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               const OptTensor&, int64_t, int64_t, const at::Tensor&,
-                              const at::Tensor&));
+                              const at::Tensor&, double));
   return handle.call(grad_output, input, target, weight, reduction, ignore_index, lse,
-                     total_weight);
+                     total_weight, label_smoothing);
 }
 
 #undef FASTNN_OP_HANDLE
