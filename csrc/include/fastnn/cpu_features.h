@@ -5,11 +5,21 @@
 // here at run time, so one build runs on every x86-64 CPU (no -march=native).
 #pragma once
 
+#include <cstdlib>
+#include <cstring>
+
 namespace fastnn {
 
+// False also when ATEN_CPU_CAPABILITY=default, PyTorch's own switch to its portable
+// kernels: fastnn then runs its scalar paths too (those every non-x86 CPU runs), which is
+// how the test suite covers them on an x86 machine.
 inline bool cpu_has_avx2_fma() {
 #if defined(__x86_64__) || defined(__i386__)
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = [] {
+    const char* cap = std::getenv("ATEN_CPU_CAPABILITY");
+    if (cap != nullptr && std::strcmp(cap, "default") == 0) return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return has;
 #else
   return false;
