@@ -7,7 +7,8 @@
     cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0)
 
-Each function calls one fastnn op. The ops are differentiable: their autograd is
+Each function calls one fastnn op; cross_entropy with class-probability targets (a target
+of the input's shape) calls log_softmax's and composes the rest as native does. The ops are differentiable: their autograd is
 registered in C++ (csrc/autograd/), so the graph costs what a native op's does.
 Autocast (CUDA) is honoured as native does it: linear runs in the autocast dtype,
 log_softmax, nll_loss and cross_entropy in float32.
@@ -143,14 +144,66 @@ def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, siz
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                   size_average=None, ignore_index: int = -100, reduce=None,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
-    if target.is_floating_point():
-        raise NotImplementedError(
-            "fastnn.cross_entropy supports class-index targets; for probability targets use "
-            "torch.nn.functional.cross_entropy.")
     red = _reduction_of(size_average, reduce, reduction)
-    input, target, weight = _loss_inputs("cross_entropy", input, target, weight)
     ignore_index = _int_arg("cross_entropy", "ignore_index", ignore_index)
     label_smoothing = _float_arg("cross_entropy", "label_smoothing", label_smoothing)
+    _check_device("cross_entropy", input)
+    if target.dim() == input.dim() and target.shape == input.shape:
+        # class probabilities, as natively: a target of the input's own shape
+        check_probability_target(target, ignore_index, label_smoothing)
+        if _autocast_dtype(input) is not None:
+            input, target, weight = (_cast(t, torch.float32) for t in (input, target, weight))
+        logp = _ops.log_softmax_forward(input, 0 if input.dim() == 1 else 1)
+        return probability_target_loss(logp, target, weight, red, label_smoothing)
+    input, target, weight = _loss_inputs("cross_entropy", input, target, weight)
     return _ops.cross_entropy_forward(input, target, weight, red, ignore_index,
                                       label_smoothing)[0]
 
+
+def check_probability_target(target: Tensor, ignore_index: int, label_smoothing: float) -> None:
+    """The arguments native refuses with class-probability targets, refused first as there."""
+    if not target.is_floating_point():
+        raise RuntimeError(
+            "fastnn.cross_entropy: a target of the input's shape holds class probabilities and "
+            "must be floating point, got " + str(target.dtype) + "; class indices have the "
+            "input's shape without its class dim.")
+    if ignore_index >= 0:
+        raise RuntimeError("fastnn.cross_entropy: ignore_index is not supported for probability "
+                           "targets (as natively); leave it at its default.")
+    if not (label_smoothing >= 0.0 and label_smoothing <= 1.0):
+        raise RuntimeError("fastnn.cross_entropy: `label_smoothing` must be between 0.0 and 1.0, "
+                           "got " + str(label_smoothing) + ".")
+
+
+def probability_target_loss(logp: Tensor, target: Tensor, weight: Optional[Tensor],
+                            reduction: int, label_smoothing: float) -> Tensor:
+    """Cross-entropy against class probabilities (target: the input's shape), given the
+    input's log-probabilities over the class dim (fastnn's log_softmax kernel). The rest is
+    composed of native element-wise ops and sums in native's order, as native composes it:
+    target <- target * (1 - eps) + eps / C;  loss = -sum_c logp[c] * target[c] * w[c],
+    summed over the class dim (none), everything (sum), or everything divided by the
+    number of positions N * d1 * ... (mean; NaN for an empty input). Gradients reach the
+    input, the target and the weight through autograd. TorchScript-compatible; the
+    arguments are checked first by check_probability_target."""
+    class_dim = 0 if logp.dim() == 1 else 1
+    n_classes = logp.shape[class_dim]
+    if label_smoothing > 0.0:
+        target = target * (1 - label_smoothing) + label_smoothing / n_classes
+    prod = logp * target
+    if weight is not None:
+        if weight.dim() != 1 or weight.shape[0] != n_classes:
+            raise RuntimeError("fastnn.cross_entropy: `weight` must be 1-D with one entry per "
+                               "class (" + str(n_classes) + "), got shape "
+                               + str(list(weight.shape)) + ".")
+        if logp.dim() > 1:
+            shape = [1] * logp.dim()
+            shape[1] = n_classes
+            weight = weight.view(shape)
+        prod = prod * weight
+    if reduction == 0:
+        return -prod.sum(class_dim)
+    if reduction == 2:
+        return -prod.sum()
+    if logp.numel() == 0:
+        return -prod.sum().fill_(float("nan"))
+    return -prod.sum() / (logp.numel() // n_classes)

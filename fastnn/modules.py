@@ -13,7 +13,8 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from .functional import cross_entropy, linear, log_softmax, nll_loss, relu
+from .functional import (check_probability_target, cross_entropy, linear, log_softmax,
+                         nll_loss, probability_target_loss, relu)
 
 __all__ = ["Linear", "LazyLinear", "ReLU", "LogSoftmax", "NLLLoss", "CrossEntropyLoss"]
 
@@ -91,13 +92,18 @@ class NLLLoss(nn.NLLLoss):
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
-    """log_softmax + NLLLoss fused into one kernel each way, for class-index targets, with
-    label smoothing."""
+    """log_softmax + NLLLoss fused into one kernel each way for class-index targets (with
+    label smoothing); class-probability targets run fastnn's log_softmax, the rest composed
+    as natively."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         if torch.jit.is_scripting():
-            if target.is_floating_point():
-                raise NotImplementedError("fastnn.cross_entropy supports class-index targets")
+            if target.dim() == input.dim() and target.size() == input.size():
+                check_probability_target(target, self.ignore_index, self.label_smoothing)
+                logp = torch.ops.fastnn.log_softmax_forward(input, 0 if input.dim() == 1 else 1)
+                return probability_target_loss(logp, target, self.weight,
+                                               _scripted_reduction(self.reduction),
+                                               self.label_smoothing)
             return torch.ops.fastnn.cross_entropy_forward(
                 input, _scripted_target(target), self.weight, _scripted_reduction(self.reduction),
                 self.ignore_index, self.label_smoothing)[0]

@@ -90,6 +90,8 @@ def test_compile_functional_with_loss_options(device):
         lp = FF.log_softmax(x, 1)
         return (FF.nll_loss(lp, t, w, ignore_index=3, reduction="sum")
                 + FF.cross_entropy(x, t, w, ignore_index=3, reduction="none").mean()
+                + FF.cross_entropy(x, t, w, ignore_index=3, label_smoothing=0.1)
+                + FF.cross_entropy(x, torch.softmax(x.detach(), 1), w, label_smoothing=0.1)
                 + FF.relu(FF.linear(x, torch.eye(10, device=device))).sum())
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)

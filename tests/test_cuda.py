@@ -126,11 +126,15 @@ def test_autocast_dtypes_like_native():
         assert logits1.dtype == logits0.dtype == torch.float16
         c0, c1 = F.cross_entropy(logits0, t), FF.cross_entropy(logits1, t)
         assert c1.dtype == c0.dtype == torch.float32
+        q = torch.softmax(logits0.detach().float(), 1)
+        p0, p1 = F.cross_entropy(logits0, q), FF.cross_entropy(logits1, q)
+        assert p1.dtype == p0.dtype == torch.float32
         ls0, ls1 = F.log_softmax(logits0, 1), FF.log_softmax(logits1, 1)
         assert ls1.dtype == ls0.dtype == torch.float32
     torch.testing.assert_close(h1, h0, rtol=5e-3, atol=5e-3)
     torch.testing.assert_close(l1, l0, rtol=5e-3, atol=5e-3)
     torch.testing.assert_close(c1, c0, rtol=5e-3, atol=5e-3)
+    torch.testing.assert_close(p1, p0, rtol=5e-3, atol=5e-3)
     l1.backward()
     l0.backward()
     for p0, p1 in zip(native.parameters(), fast.parameters()):

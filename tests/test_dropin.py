@@ -305,6 +305,12 @@ def test_torchscript(device):
             assert torch.equal(g, w)
         # the byte-target form native takes, and the implicit-dim LogSoftmax
         assert torch.equal(s_loss(scripted(x), t.to(torch.uint8)), want)
+    # class-probability targets, scripted (log_softmax's op, the rest composed)
+    soft = fnn.CrossEntropyLoss(weight=torch.rand(5, dtype=torch.float64, device=device),
+                                label_smoothing=0.1)
+    q = torch.softmax(torch.randn(7, 5, dtype=torch.float64, device=device), 1)
+    logits = torch.randn(7, 5, dtype=torch.float64, device=device)
+    assert torch.equal(torch.jit.script(soft)(logits, q), soft(logits, q))
     implicit = torch.jit.script(fnn.LogSoftmax())
     assert torch.equal(implicit(x), fnn.LogSoftmax(dim=1)(x))
 
@@ -317,8 +323,8 @@ def test_torchscript(device):
 
 @_JIT_DEPRECATED
 def test_torchscript_refuses_what_eager_refuses():
-    scripted = torch.jit.script(fnn.CrossEntropyLoss())
-    with pytest.raises(torch.jit.Error, match="class-index targets"):
+    scripted = torch.jit.script(fnn.CrossEntropyLoss(ignore_index=1))
+    with pytest.raises(torch.jit.Error, match="ignore_index is not supported for probability"):
         scripted(torch.randn(3, 4), torch.softmax(torch.randn(3, 4), 1))
     scripted = torch.jit.script(fnn.NLLLoss(reduction="average"))
     with pytest.raises(torch.jit.Error, match="reduction must be"):

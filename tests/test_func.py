@@ -39,6 +39,13 @@ def _cases(device):
         ("cross_entropy_weighted_sum",
          lambda x: FF.cross_entropy(x, t, weight=cw, ignore_index=1, reduction="sum"),
          lambda x: F.cross_entropy(x, t, weight=cw, ignore_index=1, reduction="sum"), (x,)),
+        ("cross_entropy_smoothed",
+         lambda x: FF.cross_entropy(x, t, weight=cw, label_smoothing=0.2),
+         lambda x: F.cross_entropy(x, t, weight=cw, label_smoothing=0.2), (x,)),
+        ("cross_entropy_probabilities",  # towards the input and the target
+         lambda x, q: FF.cross_entropy(x, q, weight=cw, label_smoothing=0.1),
+         lambda x, q: F.cross_entropy(x, q, weight=cw, label_smoothing=0.1),
+         (x, torch.softmax(randn(6, 5, **f64), 1))),
     ]
 
 
@@ -120,7 +127,11 @@ def test_vmap_empty_batch(device, i):
     """B = 0 with every argument batched: an empty batch of outputs shaped like one
     sample's (the per-sample rules take the shapes from the ops' fake kernels; native's
     nll_loss fails here, so the reference is one unbatched call)."""
-    _, fast, _, args = _cases(device)[i]
+    name, fast, _, args = _cases(device)[i]
+    if name == "cross_entropy_probabilities":
+        # composed of native element-wise ops, and vmap of native `tensor * number` fails
+        # for B = 0 in this torch (IndexError from select)
+        pytest.skip("native element-wise ops with a number fail under vmap with B = 0")
     got = vmap(fast)(*[a.new_empty((0, *a.shape)) for a in args])
     one = fast(*args)
     assert (got.shape, got.dtype, got.device) == ((0, *one.shape), one.dtype, one.device)

@@ -350,12 +350,52 @@ def test_nll_after_log_softmax_matches_cross_entropy(device, dtype):
     assert_close(a, b, dtype, k=108)
 
 
-# ----------------------------------------------------------------------------- unsupported
+# ----------------------------------------------------------------------------- probability targets
 
-def test_cross_entropy_probability_targets_not_implemented(device):
+@pytest.mark.parametrize("shape", [(6, 5), (5,), (3, 4, 2, 2), (0, 4)], ids=str)
+@pytest.mark.parametrize("weighted", [False, True], ids=["noweight", "weight"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("eps", [0.0, 0.2], ids=lambda e: f"eps{e}")
+def test_cross_entropy_probability_targets(device, dtype, shape, weighted, reduction, eps):
+    """A target of the input's shape holds class probabilities, as natively: the loss and
+    the gradients towards the input, the target and the weight match native's."""
+    x, _, w = make_inputs(shape, dtype, device, weighted=weighted)
+    q = torch.softmax(randn(*shape, device=device), 0 if len(shape) == 1 else 1).to(dtype)
+    args0 = [leaf(a) for a in (x, q) + ((w,) if weighted else ())]
+    args1 = [leaf(a) for a in (x, q) + ((w,) if weighted else ())]
+    kw = dict(reduction=reduction, label_smoothing=eps)
+    l0 = F.cross_entropy(*args0, **kw)
+    l1 = FF.cross_entropy(*args1, **kw)
+    k = x.numel() + 1
+    assert_close(l1, l0.detach(), dtype, k=k, equal_nan=True)
+    if x.numel() == 0:
+        return
+    g = randn(*l0.shape, dtype=dtype, device=device)
+    l0.backward(g)
+    l1.backward(g)
+    for a0, a1 in zip(args0, args1):
+        assert_close(a1.grad, a0.grad, dtype, k=k)
+
+
+def test_cross_entropy_probability_target_module(device, dtype):
+    x, _, w = make_inputs((7, 4), dtype, device, weighted=True)
+    q = torch.softmax(randn(7, 4, device=device), 1).to(dtype)
+    native = nn.CrossEntropyLoss(weight=w, reduction="sum", label_smoothing=0.1)
+    fast = fastnn.CrossEntropyLoss(weight=w, reduction="sum", label_smoothing=0.1)
+    assert_close(fast(x, q), native(x, q), dtype, k=28)
+
+
+def test_cross_entropy_probability_target_errors(device):
     x = randn(4, 5, device=device)
-    p = torch.softmax(randn(4, 5, device=device), 1)
-    with pytest.raises(NotImplementedError, match="probability targets"):
-        FF.cross_entropy(x, p)
-    with pytest.raises(NotImplementedError, match="torch.nn.functional.cross_entropy"):
-        fastnn.CrossEntropyLoss()(x, p)
+    q = torch.softmax(randn(4, 5, device=device), 1)
+    with pytest.raises(RuntimeError, match="class probabilities and must be floating point"):
+        FF.cross_entropy(x, torch.zeros(4, 5, dtype=torch.long, device=device))
+    with pytest.raises(RuntimeError, match="ignore_index is not supported for probability"):
+        FF.cross_entropy(x, q, ignore_index=1)
+    with pytest.raises(RuntimeError, match="`weight` must be 1-D with one entry per class"):
+        FF.cross_entropy(x, q, torch.ones(4, device=device))
+    with pytest.raises(RuntimeError, match="between 0.0 and 1.0"):
+        FF.cross_entropy(x, q, label_smoothing=2.0)
+    # a floating target of another shape is read as class indices, which must be int64
+    with pytest.raises(RuntimeError, match="class indices as int64"):
+        FF.cross_entropy(x, q[:, 0])
