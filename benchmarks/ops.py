@@ -7,6 +7,8 @@ Ops and shapes (``shape`` is (M, K, N) for linear -- x (M, K), W (N, K) -- else 
     relu, log_softmax, nll_loss, cross_entropy
                    (64, 256), (64, 10); large: CPU (1024, 1024); CUDA (8192, 4096)
 
+    cross_entropy_ls   cross_entropy with label_smoothing=0.1: (64, 10) and the large shape
+
 cross_entropy is compared with both native log_softmax + nll_loss and F.cross_entropy.
 dtypes: float32 + float64 on CPU; float32, bfloat16, float16 on CUDA.
 
@@ -93,11 +95,14 @@ def _impls(op: str) -> Dict[str, Callable]:
             "fastnn": lambda t: FF.cross_entropy(*t),
             "native": lambda t: TF.nll_loss(TF.log_softmax(t[0], 1), t[1]),
             "native F.cross_entropy": lambda t: TF.cross_entropy(*t)},
+        "cross_entropy_ls": {  # label smoothing 0.1: native has no fused form of it
+            "fastnn": lambda t: FF.cross_entropy(*t, label_smoothing=0.1),
+            "native": lambda t: TF.cross_entropy(*t, label_smoothing=0.1)},
     }[op]
 
 
 _MAKE = {"linear": _make_linear, "relu": _make_act, "log_softmax": _make_act,
-         "nll_loss": _make_nll, "cross_entropy": _make_ce}
+         "nll_loss": _make_nll, "cross_entropy": _make_ce, "cross_entropy_ls": _make_ce}
 
 
 def work(case: Case, mode: str) -> Tuple[str, float]:
@@ -115,6 +120,7 @@ def work(case: Case, mode: str) -> Tuple[str, float]:
         "nll_loss": (n * (es + 8), n * c * es + n * 8),
         # ce: fwd reads the logits + target; bwd reads the logits again, writes dx.
         "cross_entropy": (n * c * es + n * 8, 2 * n * c * es + n * 8),
+        "cross_entropy_ls": (n * c * es + n * 8, 2 * n * c * es + n * 8),
     }[case.op]
     fwd, bwd = per_mode
     return "byte", {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
@@ -161,6 +167,7 @@ def cases(device: str, quick: bool) -> List[Case]:
         out += [Case("linear", s, dtype) for s in mnist_linear + big_linear]
         for op in ("relu", "log_softmax", "nll_loss", "cross_entropy"):
             out += [Case(op, s, dtype) for s in [(64, 256), (64, 10)] + big_2d]
+        out += [Case("cross_entropy_ls", s, dtype) for s in [(64, 10)] + big_2d]
     return out
 
 
