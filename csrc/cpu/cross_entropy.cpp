@@ -36,9 +36,9 @@
 //     serially in chunk order -> bitwise identical results for any thread count. A single
 //     chunk (small batches) runs inline: no parallel_for, no scratch allocation, and no
 //     .contiguous() copies for already dense inputs, to keep per-call overhead low.
-//   * Label smoothing adds, per counted position, one scalar pass over its C logits (in
-//     double) for the forward's smoothing term, and one vector term per class to the
-//     backward; eps = 0 leaves every path as it was.
+//   * Label smoothing adds, per counted position, one more pass over its C logits for the
+//     forward's smoothing term (AVX2 for contiguous rows, else scalar in double), and one
+//     vector term per class to the backward; eps = 0 leaves every path as it was.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -68,14 +68,52 @@ struct Args {
   double wsum = 0;  // sum_c w[c] (C without weights); backward with eps > 0 only
 };
 
+#if FASTNN_HAVE_X86
+// sum_c w[c] * ((x[c] - m) - ls) over a contiguous row of C logits (w == nullptr:
+// weights 1), in two vector accumulators; masked tail lanes add exactly 0.
+template <class A>
+FASTNN_TARGET_AVX2 double row_weighted_logp_avx2(const typename A::T* x, const typename A::T* w,
+                                                 int64_t C, typename A::T m, typename A::T ls) {
+  using V = typename A::V;
+  constexpr int64_t W = A::W;
+  const V vm = A::set1(m), vls = A::set1(ls);
+  V s0 = A::zero(), s1 = A::zero();
+  int64_t c = 0;
+  for (; c + 2 * W <= C; c += 2 * W) {
+    const V l0 = A::sub(A::sub(A::load(x + c), vm), vls);
+    const V l1 = A::sub(A::sub(A::load(x + c + W), vm), vls);
+    s0 = w ? A::fmadd(A::load(w + c), l0, s0) : A::add(s0, l0);
+    s1 = w ? A::fmadd(A::load(w + c + W), l1, s1) : A::add(s1, l1);
+  }
+  for (; c + W <= C; c += W) {
+    const V l = A::sub(A::sub(A::load(x + c), vm), vls);
+    s0 = w ? A::fmadd(A::load(w + c), l, s0) : A::add(s0, l);
+  }
+  if (c < C) {
+    const __m256i tm = A::mask(C - c);
+    const V l = A::mkeep(A::sub(A::sub(A::mload(x + c, tm), vm), vls), tm);
+    s0 = w ? A::fmadd(A::mload(w + c, tm), l, s0) : A::add(s0, l);
+  }
+  return static_cast<double>(A::hsum(A::add(s0, s1)));
+}
+#endif
+
 // -eps / C * sum_c w[c] * log_softmax(x)[c] added to (1 - eps) * the target's term: the
-// label-smoothed loss of the position whose logits start at x_ns (stride S).
+// label-smoothed loss of the position whose logits start at x_ns (stride S). Contiguous
+// rows take the AVX2 sum when the CPU has it; otherwise one scalar pass in double.
 template <typename T>
 inline T smoothed_loss(T nll, const T* x_ns, const T* w, T m, T ls, const Args& a) {
   double s = 0;
-  for (int64_t c = 0; c < a.C; ++c) {
-    const double lp = static_cast<double>((x_ns[c * a.S] - m) - ls);
-    s += w ? static_cast<double>(w[c]) * lp : lp;
+#if FASTNN_HAVE_X86
+  if (a.S == 1 && cpu_has_avx2_fma()) {
+    s = row_weighted_logp_avx2<typename vec::Avx2Of<T>::type>(x_ns, w, a.C, m, ls);
+  } else
+#endif
+  {
+    for (int64_t c = 0; c < a.C; ++c) {
+      const double lp = static_cast<double>((x_ns[c * a.S] - m) - ls);
+      s += w ? static_cast<double>(w[c]) * lp : lp;
+    }
   }
   return static_cast<T>((1.0 - a.eps) * static_cast<double>(nll) -
                         a.eps / static_cast<double>(a.C) * s);
