@@ -101,16 +101,17 @@ def relu(input: Tensor, inplace: bool = False) -> Tensor:
     return _ops.relu_forward(input)
 
 
-def _legacy_softmax_dim(ndim: int) -> int:
+def legacy_softmax_dim(ndim: int) -> int:
+    """native's deprecated implicit dim (with its warning); TorchScript-compatible."""
     warnings.warn("Implicit dimension choice for log_softmax has been deprecated. "
                   "Change the call to include dim=X as an argument.", stacklevel=3)
-    return 0 if ndim in (0, 1, 3) else 1
+    return 0 if ndim == 0 or ndim == 1 or ndim == 3 else 1
 
 
 def log_softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3,
                 dtype: Optional[torch.dtype] = None) -> Tensor:
     _check_device("log_softmax", input)
-    dim = _legacy_softmax_dim(input.dim()) if dim is None else _int_arg("log_softmax", "dim", dim)
+    dim = legacy_softmax_dim(input.dim()) if dim is None else _int_arg("log_softmax", "dim", dim)
     if dtype is not None:
         input = input.to(dtype)
     elif _autocast_dtype(input) is not None:

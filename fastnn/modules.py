@@ -7,14 +7,14 @@ checkpoint loads into a fastnn model and back); only ``forward`` runs fastnn's k
 ``torch.jit.script`` compiles each layer to a call of its fastnn op (``torch.ops.fastnn.*``,
 whose autograd is in C++); the compiler skips the eager branch. A saved scripted model loads
 where fastnn is imported (which registers the ops). The eager-only extras do not apply in
-it: autocast casts, the torch.func routing, the implicit-dim deprecation warning.
+it: autocast casts and the torch.func routing.
 """
 import torch
 import torch.fx
 from torch import Tensor, nn
 
-from .functional import (check_probability_target, cross_entropy, linear, log_softmax,
-                         nll_loss, probability_target_loss, relu)
+from .functional import (check_probability_target, cross_entropy, legacy_softmax_dim, linear,
+                         log_softmax, nll_loss, probability_target_loss, relu)
 
 __all__ = ["Linear", "LazyLinear", "ReLU", "LogSoftmax", "NLLLoss", "CrossEntropyLoss"]
 
@@ -73,8 +73,8 @@ class LogSoftmax(nn.LogSoftmax):
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():
             dim = self.dim
-            if dim is None:  # the deprecated implicit choice, as in native's
-                dim = 0 if input.dim() in [0, 1, 3] else 1
+            if dim is None:  # the deprecated implicit choice (and warning), as in native's
+                dim = legacy_softmax_dim(input.dim())
             return torch.ops.fastnn.log_softmax_forward(input, dim)
         return log_softmax(input, self.dim, _stacklevel=5)
 
