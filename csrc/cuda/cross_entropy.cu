@@ -575,7 +575,8 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_output, const at::
     BwdArgs a{t.const_data_ptr<int64_t>(), go.const_data_ptr<scalar_t>(),
               has_w ? static_cast<const void*>(w.const_data_ptr<scalar_t>()) : nullptr,
               tw.const_data_ptr<scalar_t>(), ignore_index, static_cast<int>(reduction),
-              label_smoothing};
+              // rounded to acc_t as the forward's eps is, so both take the same branch
+              static_cast<double>(static_cast<A>(label_smoothing))};
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const A* lp = l.const_data_ptr<A>();
     scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
