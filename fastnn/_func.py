@@ -16,8 +16,8 @@ whole batch. The others run once per sample and stack the results, as PyTorch's 
 fallback does, without its warning: the losses, Linear with batched weights or bias, and
 Linear's backward (always: its per-sample weight gradients are separate products).
 
-Not supported, as in the C++ layer: forward-mode AD (jvp, jacfwd) and gradients of
-gradients (the backward ops are once-differentiable: differentiating their results raises).
+Gradients of gradients work (the backward ops have their own Functions below, with the
+C++ layer's derivatives). Not supported, as in the C++ layer: forward-mode AD (jvp, jacfwd).
 ``torch.compile`` of a function that applies a differentiating transform to fastnn ops
 runs it eagerly behind a graph break (``fullgraph=True`` raises): Dynamo traces the
 transform itself, without this switch, and meets the C++ Functions. vmap alone compiles.
@@ -82,7 +82,7 @@ class _Linear(_Function):
             weight = grad.new_empty(()).expand(grad.shape[-1], ctx.in_features)
         need = ctx.needs_input_grad
         mask = [need[0], need[1], ctx.has_bias and need[2]]
-        return _ops.linear_backward.default(grad, input, weight, mask)
+        return _LinearBackward.apply(grad, input, weight, mask)
 
 
 class _ReLU(_Function):
@@ -99,7 +99,7 @@ class _ReLU(_Function):
     @staticmethod
     def backward(ctx, grad):
         (output,) = ctx.saved_tensors
-        return _ops.relu_backward.default(grad, output)
+        return _ReLUBackward.apply(grad, output)
 
 
 class _LogSoftmax(_Function):
@@ -117,7 +117,7 @@ class _LogSoftmax(_Function):
     @staticmethod
     def backward(ctx, grad):
         (output,) = ctx.saved_tensors
-        return _ops.log_softmax_backward.default(grad, output, ctx.dim), None
+        return _LogSoftmaxBackward.apply(grad, output, ctx.dim), None
 
 
 class _Loss(_Function):
@@ -142,7 +142,7 @@ class _NLLLoss(_Loss):
     @staticmethod
     def backward(ctx, grad, _grad_total_weight):
         input, target, weight, total_weight = ctx.saved_tensors
-        dx = _ops.nll_loss_backward.default(grad, input, target, weight, ctx.reduction,
+        dx = _NLLLossBackward.apply(grad, input, target, weight, ctx.reduction,
                                             ctx.ignore_index, total_weight)
         return dx, None, None, None, None
 
@@ -159,10 +159,148 @@ class _CrossEntropy(_Loss):
     @staticmethod
     def backward(ctx, grad, _grad_lse, _grad_total_weight):
         input, target, weight, lse, total_weight = ctx.saved_tensors
-        dx = _ops.cross_entropy_backward.default(grad, input, target, weight, ctx.reduction,
+        dx = _CrossEntropyBackward.apply(grad, input, target, weight, ctx.reduction,
                                                  ctx.ignore_index, lse, total_weight,
                                                  *ctx.options)
         return dx, None, None, None, None, None
+
+
+# The backward ops, differentiable again (gradients of gradients: a nested torch.func.grad,
+# jacrev of grad, hessian-vector products); the same derivatives as the C++ layer's
+# *BackwardFunction (csrc/autograd/).
+
+class _LinearBackward(_Function):
+    """(dx, dW, db) = (dy W, dy^T x, sum dy), each only when asked for (else None)."""
+
+    @staticmethod
+    def forward(grad, input, weight, mask):
+        return _ops.linear_backward.default(grad, input, weight, mask)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad, input, weight, mask = inputs
+        ctx.save_for_backward(grad, input, weight)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gdx, gdw, gdb):
+        dy, input, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g_dy = g_x = g_w = None
+        if need[0]:
+            if gdw is not None:
+                g_dy = _Linear.apply(input, gdw, gdb)
+            elif gdb is not None:
+                g_dy = gdb.expand(dy.shape)
+            if gdx is not None:
+                t = _Linear.apply(gdx, weight, None)
+                g_dy = t if g_dy is None else g_dy + t
+        if need[1] and gdw is not None:
+            g_x = _LinearBackward.apply(dy, input, gdw, [True, False, False])[0]
+        if need[2] and gdx is not None:
+            g_w = _LinearBackward.apply(dy, gdx, weight, [False, True, False])[1]
+        return g_dy, g_x, g_w, None
+
+
+class _ReLUBackward(_Function):
+    """dx = (y <= 0) ? 0 : dy: linear in dy, no gradient towards y."""
+
+    @staticmethod
+    def forward(grad, output):
+        return _ops.relu_backward.default(grad, output)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, gg):
+        (output,) = ctx.saved_tensors
+        return _ReLUBackward.apply(gg, output), None
+
+
+class _LogSoftmaxBackward(_Function):
+    """dx = dy - exp(y) sum(dy); native's double-backward formulas."""
+
+    @staticmethod
+    def forward(grad, output, dim):
+        return _ops.log_softmax_backward.default(grad, output, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.dim = inputs[2]
+
+    @staticmethod
+    def backward(ctx, gg):
+        dy, y = ctx.saved_tensors
+        p = y.exp()
+        return (gg - (gg * p).sum(ctx.dim, keepdim=True),
+                -(dy.sum(ctx.dim, keepdim=True) * p * gg), None)
+
+
+class _NLLLossBackward(_Function):
+    """dx = -w[t] dy at the targets: linear in dy, constant in x."""
+
+    @staticmethod
+    def forward(grad, input, target, weight, reduction, ignore_index, total_weight):
+        return _ops.nll_loss_backward.default(grad, input, target, weight, reduction,
+                                              ignore_index, total_weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad, input, target, weight, reduction, ignore_index, total_weight = inputs
+        ctx.save_for_backward(target, weight)
+        ctx.reduction, ctx.ignore_index = reduction, ignore_index
+
+    @staticmethod
+    def backward(ctx, gg):
+        target, weight = ctx.saved_tensors
+        g = _NLLLoss.apply(gg, target, weight, ctx.reduction, ctx.ignore_index)[0]
+        return g, None, None, None, None, None, None
+
+
+class _CrossEntropyBackward(_Function):
+    """dx = soft p - hot onehot - uni w (csrc/cpu/cross_entropy.cpp); towards dy the
+    per-unit gradient summed against gg, towards x soft * p * (gg - sum(gg * p))."""
+
+    @staticmethod
+    def forward(grad, input, target, weight, reduction, ignore_index, lse, total_weight,
+                label_smoothing=0.0):
+        return _ops.cross_entropy_backward.default(grad, input, target, weight, reduction,
+                                                   ignore_index, lse, total_weight,
+                                                   label_smoothing)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad, input, target, weight, reduction, ignore_index, lse, total_weight, *eps = inputs
+        ctx.save_for_backward(grad, input, target, weight, lse, total_weight)
+        ctx.reduction, ctx.ignore_index = reduction, ignore_index
+        ctx.eps = eps[0] if eps else 0.0
+
+    @staticmethod
+    def backward(ctx, gg):
+        g, x, t, w, lse, total_weight = ctx.saved_tensors
+        cd = 0 if x.dim() == 1 else 1
+        need = ctx.needs_input_grad
+        g_dy = g_x = None
+        if need[0]:
+            per_unit = _CrossEntropyBackward.apply(torch.ones_like(g), x, t, w, ctx.reduction,
+                                                   ctx.ignore_index, lse, total_weight, ctx.eps)
+            g_dy = (gg * per_unit).sum(cd) if ctx.reduction == 0 else (gg * per_unit).sum()
+        if need[1]:
+            keep = t != ctx.ignore_index
+            soft = g / total_weight if ctx.reduction == 1 else g
+            if w is not None:
+                wt = w.take(t.masked_fill(~keep, 0)) * (1.0 - ctx.eps)
+                if ctx.eps != 0:
+                    wt = wt + w.sum() * (ctx.eps / x.shape[cd])
+                soft = soft * wt
+            p = torch.softmax(x, cd)
+            soft = soft if soft.dim() == 0 else soft.unsqueeze(cd)
+            dx2 = soft * p * (gg - (gg * p).sum(cd, keepdim=True))
+            g_x = torch.where(keep.unsqueeze(cd), dx2, torch.zeros_like(dx2))
+        return (g_dy, g_x) + (None,) * 7
 
 
 def _check_weight(op: str, weight: Optional[Tensor]) -> None:

@@ -1,7 +1,7 @@
 """fastnn under torch.func: grad, vjp, jacrev, vmap, and vmap of grad (per-sample gradients)
 give native results, through fastnn.functional and the layers; vmap needs no PyTorch
-fallback (no "batching rule" warning); ordinary calls keep the C++ autograd graph; what is
-not supported (forward-mode AD, gradients of gradients) raises a clear error."""
+fallback (no "batching rule" warning); ordinary calls keep the C++ autograd graph;
+gradients of gradients work; what is not supported (forward-mode AD) raises a clear error."""
 import warnings
 
 import pytest
@@ -200,16 +200,23 @@ def test_functionalize(device):
     assert_close(torch.func.functionalize(f)(x), f(x), torch.float64)
 
 
-def test_grad_of_grad_raises(device):
-    """fastnn's backward kernels are not differentiable: a second torch.func.grad raises
-    (never a silent zero)."""
-    x = randn(5, dtype=torch.float64, device=device)
+def test_grad_of_grad(device):
+    """A second torch.func.grad, and jacrev of jacrev (a Hessian), through every op, as
+    natively."""
+    f64 = dict(dtype=torch.float64, device=device)
+    x, w, b = randn(5, **f64), randn(4, 5, **f64), randn(4, **f64)
+    t, cw = torch.tensor(1, device=device), torch.rand(4, **f64) + 0.5
 
-    def f(x):
-        return FF.log_softmax(FF.relu(x), 0).sin().sum()
-    grad(f)(x)  # first order is fine
-    with pytest.raises(RuntimeError, match="double backward"):
-        grad(lambda x: grad(f)(x).sum())(x)
+    def f(lib):
+        def loss(x):
+            h = lib.linear(lib.relu(x), w, b)
+            return (lib.cross_entropy(h, t, cw, label_smoothing=0.1)
+                    + lib.nll_loss(lib.log_softmax(h, 0), t))
+        return loss
+    got = grad(lambda x: grad(f(FF))(x).sin().sum())(x)
+    want = grad(lambda x: grad(f(F))(x).sin().sum())(x)
+    assert_close(got, want, torch.float64)
+    assert_close(jacrev(jacrev(f(FF)))(x), jacrev(jacrev(f(F)))(x), torch.float64)
 
 
 def test_forward_over_reverse_is_refused(device):

@@ -24,9 +24,8 @@ def rg(t):
 def samples(name, device):
     """(args) tuples for op `name` on `device` (float32 and float64, dense and strided).
 
-    The forward ops' tensors require grad, so opcheck also backpropagates through them. The
-    backward ops' do not: those ops are once-differentiable, and differentiating their
-    results raises by design (test_autograd.py)."""
+    The differentiable tensors require grad, so opcheck also backpropagates through every op,
+    the backward ops included (they are differentiable again: double backward)."""
     out = []
     for dtype in (torch.float32, torch.float64):
         r = lambda *s, scale=1.0: randn(*s, dtype=dtype, device=device, scale=scale)  # noqa: E731
@@ -39,9 +38,9 @@ def samples(name, device):
         elif name == "linear_backward":
             for mask in ([True, True, True], [True, False, False], [False, True, False],
                          [False, False, True], [False, True, True], [True, True, False]):
-                out.append((r(5, 3), r(5, 7), r(3, 7), mask))
-            out += [(r(2, 4, 3), r(2, 4, 7), r(3, 7), [True, True, True]),
-                    (r(3, 5).t(), r(7, 5).t(), r(7, 3).t(), [True, True, True]),
+                out.append((rg(r(5, 3)), rg(r(5, 7)), rg(r(3, 7)), mask))
+            out += [(rg(r(2, 4, 3)), rg(r(2, 4, 7)), rg(r(3, 7)), [True, True, True]),
+                    (rg(r(3, 5).t()), rg(r(7, 5).t()), rg(r(7, 3).t()), [True, True, True]),
                     (r(0, 3), r(0, 7), r(3, 7), [True, True, True])]
         elif name == "relu_forward":
             out += [(rg(r(4, 9)),), (rg(r(9, 4).t()),), (rg(r(0, 3)),), (rg(r(100)),),
@@ -52,15 +51,15 @@ def samples(name, device):
         elif name == "relu_backward":
             y = torch.relu(r(4, 9))
             y_t = torch.relu(r(9, 4).t())
-            out += [(r(4, 9), y), (r(9, 4).t(), y), (r(0, 2), r(0, 2).relu()),
-                    (r(4, 9), y_t), (r(9, 4).t(), y_t)]
+            out += [(rg(r(4, 9)), y), (rg(r(9, 4).t()), y), (r(0, 2), r(0, 2).relu()),
+                    (r(4, 9), rg(y_t)), (rg(r(9, 4).t()), y_t)]
         elif name == "log_softmax_forward":
             out += [(rg(r(4, 9)), 1), (rg(r(4, 9)), 0), (rg(r(2, 3, 4)), -1), (rg(r(2, 3, 4)), 1),
                     (rg(r(9, 4).t()), 1), (rg(r(5)), 0), (rg(r(0, 4)), 1)]
         elif name == "log_softmax_backward":
             for shape, dim in (((4, 9), 1), ((4, 9), 0), ((2, 3, 4), 1), ((5,), -1)):
                 y = torch.log_softmax(r(*shape), dim)
-                out.append((r(*shape), y, dim))
+                out.append((rg(r(*shape)), rg(y), dim))
         elif name in ("nll_loss_forward", "cross_entropy_forward", "nll_loss_backward",
                       "cross_entropy_backward"):
             cases = [((6, 5), None, MEAN, -100), ((6, 5), r(5).abs() + 0.5, MEAN, 2),
@@ -80,6 +79,7 @@ def samples(name, device):
                     out.append((rg(x), t, w, red, ii, *ls))
                     continue
                 g = r(*res[0].shape)
+                g, x = (rg(g), rg(x)) if x.numel() else (g, x)
                 if name == "nll_loss_backward":
                     out.append((g, x, t, w, red, ii, res[1]))
                 else:

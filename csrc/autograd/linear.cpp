@@ -1,6 +1,6 @@
 // fastnn Linear under autograd: the Autograd-key kernels of fastnn::linear_forward and
-// (once-differentiable) fastnn::linear_backward, and linear_backward's kernel for
-// PyTorch's older batching (vectorized jacobians, batched grad_outputs).
+// fastnn::linear_backward, and linear_backward's kernel for PyTorch's older batching
+// (vectorized jacobians, batched grad_outputs).
 //
 // Forward:  y = x W^T + b        x (*, in), W (out, in), b (out) optional -> y (*, out)
 // Backward: dx = dy W            (shape of x)
@@ -11,9 +11,17 @@
 // reads it), W only when x requires grad (dx reads it). So a frozen layer does not keep
 // its input alive, and an in-place change of that input after the forward is legal. An
 // operand not saved is passed to linear_backward as a stand-in of the right shape whose
-// data is never read. The device kernels are in csrc/cpu/linear.cpp and
-// csrc/cuda/linear.cu.
+// data is never read.
+// Double backward: dx, dW and db are bilinear in (dy, W) / (dy, x) and linear in dy, so
+// for gradients gdx, gdW, gdb of them (each may be absent):
+//   towards dy: gdx W^T + x gdW^T + gdb = linear(gdx, W) + linear(x, gdW, gdb)
+//   towards x:  dy gdW   (linear_backward's dx with gdW as the weight)
+//   towards W:  dy^T gdx (linear_backward's dW with gdx as the input)
+// all fastnn ops, so differentiable again. A term is only formed when the forward
+// computed the output it differentiates, so a stand-in operand is never read.
+// The device kernels are in csrc/cpu/linear.cpp and csrc/cuda/linear.cu.
 #include <ATen/LegacyVmapTransforms.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/stack.h>
@@ -83,16 +91,74 @@ at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& we
 
 using OptTensor = std::optional<at::Tensor>;
 
+// The outputs output_mask asks for, in the order (dx, dW, db), packed: a C++ Function's
+// outputs must all be defined.
+variable_list present(const std::tuple<OptTensor, OptTensor, OptTensor>& out) {
+  variable_list list;
+  for (const OptTensor& t : {std::get<0>(out), std::get<1>(out), std::get<2>(out)})
+    if (t.has_value() && t->defined()) list.push_back(*t);
+  return list;
+}
+
+// The inverse of `present`: (dx, dW, db), absent entries undefined.
+std::array<at::Tensor, 3> unpack(const variable_list& list, std::array<bool, 3> mask) {
+  std::array<at::Tensor, 3> out;
+  size_t k = 0;
+  for (size_t i = 0; i < 3; ++i)
+    if (mask[i]) out[i] = list[k++];
+  return out;
+}
+
+struct LinearBackwardFunction : public autograd::Function<LinearBackwardFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output,
+                               const at::Tensor& input, const at::Tensor& weight,
+                               std::array<bool, 3> output_mask) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({grad_output, input, weight});
+    ctx->set_materialize_grads(false);  // an output not used downstream has no gradient
+    ctx->saved_data["output_mask"] =
+        c10::List<bool>({output_mask[0], output_mask[1], output_mask[2]});
+    return present(ops::linear_backward(grad_output, input, weight, output_mask));
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &dy = saved[0], &input = saved[1], &weight = saved[2];
+    const c10::List<bool> mask = ctx->saved_data["output_mask"].toBoolList();
+    const auto [gdx, gdw, gdb] = unpack(grads, {mask[0], mask[1], mask[2]});
+    variable_list out(4);  // (grad_output, input, weight, output_mask)
+    if (ctx->needs_input_grad(0)) {
+      at::Tensor g;
+      if (gdw.defined()) {
+        g = ops::linear_forward(input, gdw, autograd::optional_of(gdb));
+      } else if (gdb.defined()) {
+        g = gdb.expand(dy.sizes());
+      }
+      if (gdx.defined()) {
+        at::Tensor t = ops::linear_forward(gdx, weight, std::nullopt);
+        g = g.defined() ? g + t : t;
+      }
+      out[0] = g;
+    }
+    if (ctx->needs_input_grad(1) && gdw.defined())
+      out[1] = *std::get<0>(ops::linear_backward(dy, input, gdw, {true, false, false}));
+    if (ctx->needs_input_grad(2) && gdx.defined())
+      out[2] = *std::get<1>(ops::linear_backward(dy, gdx, weight, {false, true, false}));
+    return out;
+  }
+};
+
 std::tuple<OptTensor, OptTensor, OptTensor> linear_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     std::array<bool, 3> output_mask) {
-  auto [dx, dw, db] = autograd::below_autograd(
-      [&] { return ops::linear_backward(grad_output, input, weight, output_mask); });
-  auto out = autograd::once_differentiable(
-      {dx.value_or(at::Tensor()), dw.value_or(at::Tensor()), db.value_or(at::Tensor())},
-      "linear", grad_output, input, weight);
-  return {autograd::optional_of(out[0]), autograd::optional_of(out[1]),
-          autograd::optional_of(out[2])};
+  autograd::check_no_forward_ad("linear", grad_output, input, weight);
+  if (!autograd::needs_graph(grad_output, input, weight)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops::linear_backward(grad_output, input, weight, output_mask);
+  }
+  const variable_list out = LinearBackwardFunction::apply(grad_output, input, weight, output_mask);
+  const auto [dx, dw, db] = unpack(out, output_mask);
+  return {autograd::optional_of(dx), autograd::optional_of(dw), autograd::optional_of(db)};
 }
 
 // linear_backward under PyTorch's older batching (the Batched key: torch.autograd.grad with

@@ -1,11 +1,16 @@
 // fastnn LogSoftmax under autograd: the Autograd-key kernels of
-// fastnn::log_softmax_forward and (once-differentiable) fastnn::log_softmax_backward.
+// fastnn::log_softmax_forward and fastnn::log_softmax_backward.
 //
 // Forward:  y = x - log(sum(exp(x), dim))        any shape, any dim
 // Backward: dx = dy - exp(y) * sum(dy, dim)      from the saved output y
+// Double backward (native's formulas, in native ops), for the gradient g of dx:
+//           towards dy: g - sum(g * exp(y), dim);  towards y: -sum(dy, dim) * exp(y) * g
 // Saved for backward: y and dim. The device kernels are in csrc/cpu/log_softmax.cpp
 // and csrc/cuda/log_softmax.cu.
+#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/sum.h>
 #include <torch/library.h>
 
 #include "fastnn/autograd.h"
@@ -43,11 +48,34 @@ at::Tensor log_softmax_forward_autograd(const at::Tensor& input, int64_t dim) {
   return LogSoftmaxFunction::apply(input, dim);
 }
 
+struct LogSoftmaxBackwardFunction : public autograd::Function<LogSoftmaxBackwardFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output,
+                            const at::Tensor& output, int64_t dim) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({grad_output, output});
+    ctx->saved_data["dim"] = dim;
+    return ops::log_softmax_backward(grad_output, output, dim);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &dy = saved[0], &y = saved[1], &g = grads[0];
+    const int64_t dim = ctx->saved_data["dim"].toInt();
+    const at::Tensor p = y.exp();
+    // (grad_output, output, dim)
+    return {g - (g * p).sum(dim, /*keepdim=*/true), -(dy.sum(dim, /*keepdim=*/true) * p * g),
+            at::Tensor()};
+  }
+};
+
 at::Tensor log_softmax_backward_autograd(const at::Tensor& grad_output, const at::Tensor& output,
                                          int64_t dim) {
-  at::Tensor dx = autograd::below_autograd(
-      [&] { return ops::log_softmax_backward(grad_output, output, dim); });
-  return autograd::once_differentiable({dx}, "log_softmax", grad_output, output)[0];
+  autograd::check_no_forward_ad("log_softmax", grad_output, output);
+  if (!autograd::needs_graph(grad_output, output)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops::log_softmax_backward(grad_output, output, dim);
+  }
+  return LogSoftmaxBackwardFunction::apply(grad_output, output, dim);
 }
 
 }  // namespace

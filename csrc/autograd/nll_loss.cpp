@@ -1,11 +1,14 @@
 // fastnn NLLLoss under autograd: the Autograd-key kernels of fastnn::nll_loss_forward and
-// (once-differentiable) fastnn::nll_loss_backward.
+// fastnn::nll_loss_backward.
 //
 // Forward:  loss_i = -w[t_i] * x[i, t_i] (0 where t_i == ignore_index), reduced by
 //           `reduction`; x (N, C), (C) or (N, C, d1, ...), t of x's shape without C.
 //           Also returns total_weight = sum of w[t_i] over non-ignored i (no gradient).
 // Backward: dx[i, t_i] = -w[t_i] * g_i (g / total_weight for 'mean'), 0 elsewhere.
 //           No gradient flows to the target or to the class weights, as natively.
+// Double backward: dx is linear in g and does not depend on x's values, so the gradient
+//           towards g is the loss itself applied to dx's gradient, nll_loss_forward(gg, t,
+//           w) (as natively), and x gets none.
 // Saved for backward: x, t, w and total_weight. The device kernels are in
 // csrc/cpu/nll_loss.cpp and csrc/cuda/nll_loss.cu.
 #include <ATen/core/Tensor.h>
@@ -66,15 +69,42 @@ std::tuple<at::Tensor, at::Tensor> nll_loss_forward_autograd(
   return {loss, total_weight};
 }
 
+struct NLLLossBackwardFunction : public autograd::Function<NLLLossBackwardFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output,
+                            const at::Tensor& input, const at::Tensor& target,
+                            const std::optional<at::Tensor>& weight, int64_t reduction,
+                            int64_t ignore_index, const at::Tensor& total_weight) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({target, weight.value_or(at::Tensor())});
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["ignore_index"] = ignore_index;
+    return ops::nll_loss_backward(grad_output, input, target, weight, reduction, ignore_index,
+                                  total_weight);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // (grad_output, input, target, weight, reduction, ignore_index, total_weight)
+    variable_list out(7);
+    const auto saved = ctx->get_saved_variables();
+    out[0] = std::get<0>(ops::nll_loss_forward(grads[0], saved[0], autograd::optional_of(saved[1]),
+                                               ctx->saved_data["reduction"].toInt(),
+                                               ctx->saved_data["ignore_index"].toInt()));
+    return out;
+  }
+};
+
 at::Tensor nll_loss_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
                                       const at::Tensor& target,
                                       const std::optional<at::Tensor>& weight, int64_t reduction,
                                       int64_t ignore_index, const at::Tensor& total_weight) {
-  at::Tensor dx = autograd::below_autograd([&] {
+  autograd::check_no_forward_ad("nll_loss", grad_output, input, weight);
+  if (!autograd::needs_graph(grad_output, input)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::nll_loss_backward(grad_output, input, target, weight, reduction, ignore_index,
                                   total_weight);
-  });
-  return autograd::once_differentiable({dx}, "nll_loss", grad_output, input, weight)[0];
+  }
+  return NLLLossBackwardFunction::apply(grad_output, input, target, weight, reduction,
+                                        ignore_index, total_weight);
 }
 
 }  // namespace

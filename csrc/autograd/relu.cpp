@@ -1,8 +1,11 @@
 // fastnn ReLU under autograd: the Autograd-key kernels of fastnn::relu_forward, the
-// in-place fastnn::relu_forward_ and (once-differentiable) fastnn::relu_backward.
+// in-place fastnn::relu_forward_ and fastnn::relu_backward.
 //
 // Forward:  y = max(x, 0)                  any shape; in place: x is overwritten
 // Backward: dx = (y <= 0) ? 0 : dy         as native threshold_backward, from y
+// Double backward: dx is linear in dy with a mask fixed by y, so the gradient towards dy
+//           is relu_backward(g, y), and y gets none (as natively: the mask's derivative
+//           is zero almost everywhere).
 // Saved for backward: the output y only (for the in-place form, the overwritten x),
 // so the input can be freed. The device kernels are in csrc/cpu/relu.cpp and
 // csrc/cuda/relu.cu.
@@ -96,9 +99,25 @@ void relu_forward_inplace_view(const at::Tensor& input) {
   torch::autograd::impl::bump_version(input);
 }
 
+struct ReLUBackwardFunction : public autograd::Function<ReLUBackwardFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output,
+                            const at::Tensor& output) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({output});
+    return ops::relu_backward(grad_output, output);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {relu_grad(ctx, grads)[0], at::Tensor()};
+  }
+};
+
 at::Tensor relu_backward_autograd(const at::Tensor& grad_output, const at::Tensor& output) {
-  at::Tensor dx = autograd::below_autograd([&] { return ops::relu_backward(grad_output, output); });
-  return autograd::once_differentiable({dx}, "relu", grad_output, output)[0];
+  autograd::check_no_forward_ad("relu", grad_output, output);
+  if (!autograd::needs_graph(grad_output, output)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops::relu_backward(grad_output, output);
+  }
+  return ReLUBackwardFunction::apply(grad_output, output);
 }
 
 }  // namespace

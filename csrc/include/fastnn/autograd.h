@@ -5,7 +5,8 @@
 // and, when a graph must be recorded, wraps the call in a torch::autograd::Function
 // whose backward calls the matching *_backward op. The graph is built in C++, as
 // for native ops: no Python runs per call or per backward node. The *_backward ops have
-// Autograd kernels too, which make their results once-differentiable (below).
+// Autograd kernels too, recording their own Functions, so gradients are differentiable
+// again (double backward, Hessians) with the derivatives native uses.
 // torch.func's differentiating transforms refuse C++ Functions; under them fastnn/_func.py
 // applies the same ops through Python autograd Functions instead.
 #pragma once
@@ -14,7 +15,6 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
 #include <optional>
@@ -71,51 +71,6 @@ inline void check_weight_not_differentiable(const char* op,
 // An optional tensor from a saved variable (undefined when the forward had none).
 inline std::optional<at::Tensor> optional_of(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
-
-// Runs `f` (a call of fastnn ops) below the Autograd and ADInplaceOrView keys: straight
-// to the device kernels, recording no graph.
-template <class F>
-inline auto below_autograd(F&& f) {
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return f();
-}
-
-inline void append_input(variable_list& list, const at::Tensor& t) { list.push_back(t); }
-inline void append_input(variable_list& list, const std::optional<at::Tensor>& t) {
-  list.push_back(t.value_or(at::Tensor()));
-}
-
-// fastnn's backward ops are not differentiable. Each has an Autograd kernel that runs it
-// below autograd and passes its results through here along with the op's tensor inputs.
-// Forward-mode AD through them (e.g. jacfwd of a grad) is refused as in the forward ops.
-// When a graph would be recorded (grad mode on and an input requiring grad: backward with
-// create_graph=True, or any torch.func.grad, which always differentiates with a graph) the
-// results would otherwise count as constants in a second differentiation, a silently wrong
-// zero; instead their history is an Error node, so that differentiating them again raises,
-// naming the op. The node's edges lead to the op's inputs: a differentiation towards any
-// leaf upstream (torch.autograd.grad, torch.func.grad) reaches it. (Python's
-// @once_differentiable links its error node to fresh leaves, which such a differentiation
-// skips.) Otherwise (the usual case) the results pass through untouched.
-template <typename... Ts>
-inline variable_list once_differentiable(variable_list grads, const char* op,
-                                         const Ts&... inputs) {
-  check_no_forward_ad(op, inputs...);
-  if (!needs_graph(inputs...)) return grads;
-  const size_t n = grads.size();
-  // DelayedError returns aliases of its arguments whose history is one Error node with
-  // edges to the arguments' own histories: the grads (which have none) and the inputs.
-  variable_list args = std::move(grads);
-  (append_input(args, inputs), ...);
-  torch::autograd::DelayedError error(
-      std::string("fastnn.") + op +
-          ": double backward (a gradient of a gradient) is not supported: fastnn's backward "
-          "kernels are not differentiable. Use the torch.nn.functional op where higher-order "
-          "gradients are needed.",
-      static_cast<int64_t>(args.size()));
-  variable_list out = error.apply(std::move(args));
-  out.resize(n);
-  return out;
 }
 
 }  // namespace fastnn::autograd
