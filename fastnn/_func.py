@@ -216,7 +216,8 @@ class _ReLUBackward(_Function):
     @staticmethod
     def backward(ctx, gg):
         (output,) = ctx.saved_tensors
-        return _ReLUBackward.apply(gg, output), None
+        zeros = torch.zeros_like(output) if ctx.needs_input_grad[1] else None
+        return _ReLUBackward.apply(gg, output), zeros
 
 
 class _LogSoftmaxBackward(_Function):
@@ -240,7 +241,7 @@ class _LogSoftmaxBackward(_Function):
 
 
 class _NLLLossBackward(_Function):
-    """dx = -w[t] dy at the targets: linear in dy, constant in x."""
+    """dx = -w[t] dy at the targets: linear in dy, constant in x (zero gradient)."""
 
     @staticmethod
     def forward(grad, input, target, weight, reduction, ignore_index, total_weight):
@@ -250,14 +251,15 @@ class _NLLLossBackward(_Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         grad, input, target, weight, reduction, ignore_index, total_weight = inputs
-        ctx.save_for_backward(target, weight)
+        ctx.save_for_backward(target, weight, input)
         ctx.reduction, ctx.ignore_index = reduction, ignore_index
 
     @staticmethod
     def backward(ctx, gg):
-        target, weight = ctx.saved_tensors
+        target, weight, input = ctx.saved_tensors
         g = _NLLLoss.apply(gg, target, weight, ctx.reduction, ctx.ignore_index)[0]
-        return g, None, None, None, None, None, None
+        zeros = torch.zeros_like(input) if ctx.needs_input_grad[1] else None
+        return g, zeros, None, None, None, None, None
 
 
 class _CrossEntropyBackward(_Function):
@@ -292,7 +294,7 @@ class _CrossEntropyBackward(_Function):
             keep = t != ctx.ignore_index
             soft = g / total_weight if ctx.reduction == 1 else g
             if w is not None:
-                wt = w.take(t.masked_fill(~keep, 0)) * (1.0 - ctx.eps)
+                wt = w[t.masked_fill(~keep, 0)] * (1.0 - ctx.eps)
                 if ctx.eps != 0:
                     wt = wt + w.sum() * (ctx.eps / x.shape[cd])
                 soft = soft * wt

@@ -166,8 +166,8 @@ def check_probability_target(target: Tensor, ignore_index: int, label_smoothing:
     if not target.is_floating_point():
         raise RuntimeError(
             "fastnn.cross_entropy: a target of the input's shape holds class probabilities and "
-            "must be floating point, got " + str(target.dtype) + "; class indices have the "
-            "input's shape without its class dim.")
+            "must be floating point, not an integer type; class indices have the input's "
+            "shape without its class dim.")
     if ignore_index >= 0:
         raise RuntimeError("fastnn.cross_entropy: ignore_index is not supported for probability "
                            "targets (as natively); leave it at its default.")

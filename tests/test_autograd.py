@@ -119,6 +119,27 @@ def test_double_backward_like_native(device, i):
         assert_close(x1, x0, torch.float64)
 
 
+@pytest.mark.parametrize("op", ["nll_loss", "relu"])
+def test_double_backward_gives_zeros_where_native_does(device, op):
+    """NLL's gradient does not depend on its input's values, nor ReLU's on its output's
+    (almost everywhere): differentiating them towards that tensor gives zeros, as natively,
+    not "unused in the graph"."""
+    x = randn(3, 5, dtype=torch.float64, device=device)
+    t = torch.tensor([0, 2, 4], device=device)
+    got = []
+    for lib in (FF, F):
+        a = x.clone().requires_grad_()
+        if op == "nll_loss":
+            (g,) = torch.autograd.grad(lib.nll_loss(a, t, reduction="sum"), a, create_graph=True)
+            (h,) = torch.autograd.grad((g * g).sum(), a)
+        else:
+            y = lib.relu(a)
+            (g,) = torch.autograd.grad((y * y.detach()).sum(), a, create_graph=True)
+            (h,) = torch.autograd.grad((g * g).sum(), a)
+        got.append(h)
+    assert torch.equal(got[0], got[1])
+
+
 _GG_LOSS = [("none", None, 0.0), ("mean", "w", 0.0), ("sum", "w", 0.2), ("mean", None, 0.3)]
 
 

@@ -8,10 +8,11 @@
 //           No gradient flows to the target or to the class weights, as natively.
 // Double backward: dx is linear in g and does not depend on x's values, so the gradient
 //           towards g is the loss itself applied to dx's gradient, nll_loss_forward(gg, t,
-//           w) (as natively), and x gets none.
+//           w) (as natively), and x gets zeros.
 // Saved for backward: x, t, w and total_weight. The device kernels are in
 // csrc/cpu/nll_loss.cpp and csrc/cuda/nll_loss.cu.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -75,7 +76,7 @@ struct NLLLossBackwardFunction : public autograd::Function<NLLLossBackwardFuncti
                             const std::optional<at::Tensor>& weight, int64_t reduction,
                             int64_t ignore_index, const at::Tensor& total_weight) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    ctx->save_for_backward({target, weight.value_or(at::Tensor())});
+    ctx->save_for_backward({target, weight.value_or(at::Tensor()), input});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["ignore_index"] = ignore_index;
     return ops::nll_loss_backward(grad_output, input, target, weight, reduction, ignore_index,
@@ -89,6 +90,7 @@ struct NLLLossBackwardFunction : public autograd::Function<NLLLossBackwardFuncti
     out[0] = std::get<0>(ops::nll_loss_forward(grads[0], saved[0], autograd::optional_of(saved[1]),
                                                ctx->saved_data["reduction"].toInt(),
                                                ctx->saved_data["ignore_index"].toInt()));
+    if (ctx->needs_input_grad(1)) out[1] = at::zeros_like(saved[2]);  // zeros, as natively
     return out;
   }
 };

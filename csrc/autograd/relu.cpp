@@ -4,12 +4,13 @@
 // Forward:  y = max(x, 0)                  any shape; in place: x is overwritten
 // Backward: dx = (y <= 0) ? 0 : dy         as native threshold_backward, from y
 // Double backward: dx is linear in dy with a mask fixed by y, so the gradient towards dy
-//           is relu_backward(g, y), and y gets none (as natively: the mask's derivative
+//           is relu_backward(g, y), and y gets zeros (as natively: the mask's derivative
 //           is zero almost everywhere).
 // Saved for backward: the output y only (for the in-place form, the overwritten x),
 // so the input can be freed. The device kernels are in csrc/cpu/relu.cpp and
 // csrc/cuda/relu.cu.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
@@ -107,7 +108,9 @@ struct ReLUBackwardFunction : public autograd::Function<ReLUBackwardFunction> {
     return ops::relu_backward(grad_output, output);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {relu_grad(ctx, grads)[0], at::Tensor()};
+    const at::Tensor output = ctx->get_saved_variables()[0];
+    return {relu_grad(ctx, grads)[0],
+            ctx->needs_input_grad(1) ? at::zeros_like(output) : at::Tensor()};
   }
 };
 
