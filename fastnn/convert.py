@@ -29,4 +29,3 @@ def convert(model: nn.Module) -> nn.Module:
         if swap is not None:
             module.__class__ = swap
     return model
-
