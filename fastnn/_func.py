@@ -17,11 +17,14 @@ fallback does, without its warning: the losses, Linear with batched weights or b
 Linear's backward (always: its per-sample weight gradients are separate products).
 
 Gradients of gradients work (the backward ops have their own Functions below, with the
-C++ layer's derivatives). Not supported, as in the C++ layer: forward-mode AD (jvp, jacfwd).
+C++ layer's derivatives), and so does forward mode (jvp, jacfwd, and so hessian, which is
+jacfwd of jacrev): each Function has a ``jvp`` with the C++ layer's tangent formulas,
+computed through these Functions again so that tangents stay differentiable.
 ``torch.compile`` of a function that applies a differentiating transform to fastnn ops
 runs it eagerly behind a graph break (``fullgraph=True`` raises): Dynamo traces the
 transform itself, without this switch, and meets the C++ Functions. vmap alone compiles.
 """
+import functools
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -30,7 +33,8 @@ from torch import Tensor
 _ops = torch.ops.fastnn
 
 any_transform_active: Callable[[], bool] = torch._C._are_functorch_transforms_active
-_DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+_JVP = torch._C._functorch.TransformType.Jvp
+_DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, _JVP)
 
 
 def differentiating_transform_active() -> bool:
@@ -46,15 +50,40 @@ def differentiating_transform_active() -> bool:
 # ----------------------------------------------------------------------------- autograd
 
 class _Function(torch.autograd.Function):
-    """Their base: vmap through the ops' batching rules; no forward-mode AD."""
+    """Their base: vmap through the ops' batching rules."""
     generate_vmap_rule = True
 
-    @staticmethod
+
+def _save(ctx, *tensors) -> None:
+    """Saves the tensors for both backward and jvp. The lists must be the same: vmap's
+    generated rules keep one record of the saved tensors' batch dims, the last saved.
+    (Unlike the C++ layer, Linear keeps both x and W: its jvp reads both.)"""
+    ctx.save_for_backward(*tensors)
+    ctx.save_for_forward(*tensors)
+
+
+def _jvp_levels() -> int:
+    return sum(i.key() == _JVP for i in torch._C._functorch.get_interpreter_stack())
+
+
+def _jvp(fn):
+    """A Function's jvp. autograd.Function runs it with forward AD off, so under a second,
+    outer jvp (jacfwd of jacfwd) the native ops in it would give the tangent no tangent of
+    its own: a silently zero second derivative. That case is refused instead."""
+    @functools.wraps(fn)
     def jvp(ctx, *tangents):
-        raise NotImplementedError(
-            "fastnn: forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) is not "
-            "supported. Use the torch.nn.functional ops where forward-mode derivatives are "
-            "needed.")
+        if _jvp_levels() > 1:
+            raise NotImplementedError(
+                "fastnn: forward mode over forward mode (jacfwd of jacfwd, nested jvp) is not "
+                "supported. For second derivatives use torch.func.hessian (jacfwd of jacrev), "
+                "jacrev of jacrev, or jvp of grad.")
+        return fn(ctx, *tangents)
+    return staticmethod(jvp)
+
+
+def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    """a + b, either of which may be None (a zero tangent)."""
+    return b if a is None else a if b is None else a + b
 
 
 class _Linear(_Function):
@@ -66,23 +95,30 @@ class _Linear(_Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        # As in the C++ Function: x only for dW, W only for dx.
         input, weight, bias = inputs
-        need = ctx.needs_input_grad
-        ctx.save_for_backward(input if need[1] else None, weight if need[0] else None)
+        _save(ctx, input, weight)
         ctx.has_bias = bias is not None
         ctx.in_features = weight.shape[1]
+
+    @_jvp
+    def jvp(ctx, x_t, w_t, b_t):
+        # y_t = linear(x_t, W, b_t) + linear(x, W_t), absent tangents being zero.
+        input, weight = ctx.saved_tensors
+        y_t = None
+        if x_t is not None:
+            y_t, b_t = _Linear.apply(x_t, weight, b_t), None
+        if w_t is not None:
+            y_t, b_t = _add(y_t, _Linear.apply(input, w_t, b_t)), None
+        if b_t is not None:
+            y_t = b_t.expand(*input.shape[:-1], weight.shape[0])
+        return y_t
 
     @staticmethod
     def backward(ctx, grad):
         input, weight = ctx.saved_tensors
-        if input is None:  # stand-ins whose data linear_backward does not read
-            input = grad.new_empty(()).expand(*grad.shape[:-1], ctx.in_features)
-        if weight is None:
-            weight = grad.new_empty(()).expand(grad.shape[-1], ctx.in_features)
         need = ctx.needs_input_grad
-        mask = [need[0], need[1], ctx.has_bias and need[2]]
-        return _LinearBackward.apply(grad, input, weight, mask)
+        return _LinearBackward.apply(grad, input, weight, need[0], need[1],
+                                     ctx.has_bias and need[2])
 
 
 class _ReLU(_Function):
@@ -94,12 +130,17 @@ class _ReLU(_Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
+        _save(ctx, output)
 
     @staticmethod
     def backward(ctx, grad):
         (output,) = ctx.saved_tensors
         return _ReLUBackward.apply(grad, output)
+
+    @_jvp
+    def jvp(ctx, x_t):
+        (output,) = ctx.saved_tensors
+        return _ReLUBackward.apply(x_t, output)
 
 
 class _LogSoftmax(_Function):
@@ -111,13 +152,19 @@ class _LogSoftmax(_Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
+        _save(ctx, output)
         ctx.dim = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
         (output,) = ctx.saved_tensors
         return _LogSoftmaxBackward.apply(grad, output, ctx.dim), None
+
+    @_jvp
+    def jvp(ctx, x_t, _dim):
+        # y_t = x_t - sum(x_t * exp(y), dim), native's formula.
+        (output,) = ctx.saved_tensors
+        return x_t - (x_t * output.exp()).sum(ctx.dim, keepdim=True)
 
 
 class _Loss(_Function):
@@ -128,9 +175,8 @@ class _Loss(_Function):
     def setup_context(ctx, inputs, outputs):
         input, target, weight, reduction, ignore_index, *options = inputs
         ctx.mark_non_differentiable(*outputs[1:])
-        ctx.save_for_backward(input, target, weight, *outputs[1:])
+        _save(ctx, input, target, weight, *outputs)
         ctx.reduction, ctx.ignore_index, ctx.options = reduction, ignore_index, options
-
 
 class _NLLLoss(_Loss):
     """loss = -w[t] x[t] (reduced); dx[t] = -w[t] dloss (/ total weight for 'mean')."""
@@ -141,10 +187,16 @@ class _NLLLoss(_Loss):
 
     @staticmethod
     def backward(ctx, grad, _grad_total_weight):
-        input, target, weight, total_weight = ctx.saved_tensors
+        input, target, weight, _loss, total_weight = ctx.saved_tensors
         dx = _NLLLossBackward.apply(grad, input, target, weight, ctx.reduction,
                                             ctx.ignore_index, total_weight)
         return dx, None, None, None, None
+
+    @_jvp
+    def jvp(ctx, x_t, *_):
+        # The loss is linear in x: loss_t = the loss of x_t.
+        _, target, weight, *_ = ctx.saved_tensors
+        return _NLLLoss.apply(x_t, target, weight, ctx.reduction, ctx.ignore_index)[0], None
 
 
 class _CrossEntropy(_Loss):
@@ -158,11 +210,20 @@ class _CrossEntropy(_Loss):
 
     @staticmethod
     def backward(ctx, grad, _grad_lse, _grad_total_weight):
-        input, target, weight, lse, total_weight = ctx.saved_tensors
+        input, target, weight, _loss, lse, total_weight = ctx.saved_tensors
         dx = _CrossEntropyBackward.apply(grad, input, target, weight, ctx.reduction,
                                                  ctx.ignore_index, lse, total_weight,
                                                  *ctx.options)
         return dx, None, None, None, None, None
+
+    @_jvp
+    def jvp(ctx, x_t, *_):
+        # loss_t = the loss's gradient (cross_entropy_backward at 1) applied to x_t.
+        input, target, weight, loss, lse, total_weight = ctx.saved_tensors
+        per_unit = _CrossEntropyBackward.apply(torch.ones_like(loss), input, target, weight,
+                                               ctx.reduction, ctx.ignore_index, lse,
+                                               total_weight, *ctx.options)
+        return _sum_over_classes(per_unit * x_t, input, ctx.reduction), None, None
 
 
 # The backward ops, differentiable again (gradients of gradients: a nested torch.func.grad,
@@ -173,14 +234,16 @@ class _LinearBackward(_Function):
     """(dx, dW, db) = (dy W, dy^T x, sum dy), each only when asked for (else None)."""
 
     @staticmethod
-    def forward(grad, input, weight, mask):
-        return _ops.linear_backward.default(grad, input, weight, mask)
+    def forward(grad, input, weight, dx, dw, db):
+        # The output mask as three bools: a list argument would be one pytree of three
+        # leaves to vmap's generated rules, and their jvp cannot take it.
+        return _ops.linear_backward.default(grad, input, weight, [dx, dw, db])
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad, input, weight, mask = inputs
-        ctx.save_for_backward(grad, input, weight)
-        ctx.set_materialize_grads(False)
+        grad, input, weight, *mask = inputs
+        _save(ctx, grad, input, weight)
+        ctx.mask = mask
 
     @staticmethod
     def backward(ctx, gdx, gdw, gdb):
@@ -196,10 +259,24 @@ class _LinearBackward(_Function):
                 t = _Linear.apply(gdx, weight, None)
                 g_dy = t if g_dy is None else g_dy + t
         if need[1] and gdw is not None:
-            g_x = _LinearBackward.apply(dy, input, gdw, [True, False, False])[0]
+            g_x = _LinearBackward.apply(dy, input, gdw, True, False, False)[0]
         if need[2] and gdx is not None:
-            g_w = _LinearBackward.apply(dy, gdx, weight, [False, True, False])[1]
-        return g_dy, g_x, g_w, None
+            g_w = _LinearBackward.apply(dy, gdx, weight, False, True, False)[1]
+        return g_dy, g_x, g_w, None, None, None
+
+    @_jvp
+    def jvp(ctx, dy_t, x_t, w_t, *_mask):
+        # dx_t = dy_t W + dy W_t, dW_t = dy_t^T x + dy^T x_t, db_t = sum dy_t.
+        dy, input, weight = ctx.saved_tensors
+        mask = ctx.mask
+        t = [None, None, None]
+        if dy_t is not None:
+            t = list(_LinearBackward.apply(dy_t, input, weight, *mask))
+        if mask[0] and w_t is not None:
+            t[0] = _add(t[0], _LinearBackward.apply(dy, input, w_t, True, False, False)[0])
+        if mask[1] and x_t is not None:
+            t[1] = _add(t[1], _LinearBackward.apply(dy, x_t, weight, False, True, False)[1])
+        return tuple(t)
 
 
 class _ReLUBackward(_Function):
@@ -211,13 +288,18 @@ class _ReLUBackward(_Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
+        _save(ctx, inputs[1])
 
     @staticmethod
     def backward(ctx, gg):
         (output,) = ctx.saved_tensors
         zeros = torch.zeros_like(output) if ctx.needs_input_grad[1] else None
         return _ReLUBackward.apply(gg, output), zeros
+
+    @_jvp
+    def jvp(ctx, g_t, _y_t):
+        (output,) = ctx.saved_tensors
+        return None if g_t is None else _ReLUBackward.apply(g_t, output)
 
 
 class _LogSoftmaxBackward(_Function):
@@ -229,8 +311,17 @@ class _LogSoftmaxBackward(_Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1])
+        _save(ctx, inputs[0], inputs[1])
         ctx.dim = inputs[2]
+
+    @_jvp
+    def jvp(ctx, g_t, y_t, _dim):
+        # dx_t = log_softmax_backward(dy_t, y) - exp(y) * y_t * sum(dy).
+        dy, y = ctx.saved_tensors
+        t = None if g_t is None else _LogSoftmaxBackward.apply(g_t, y, ctx.dim)
+        if y_t is not None:
+            t = _add(t, -(dy.sum(ctx.dim, keepdim=True) * y.exp() * y_t))
+        return t
 
     @staticmethod
     def backward(ctx, gg):
@@ -251,12 +342,21 @@ class _NLLLossBackward(_Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         grad, input, target, weight, reduction, ignore_index, total_weight = inputs
-        ctx.save_for_backward(target, weight, input)
+        _save(ctx, input, target, weight, total_weight)
         ctx.reduction, ctx.ignore_index = reduction, ignore_index
+
+    @_jvp
+    def jvp(ctx, g_t, *_):
+        # Linear in dy and constant in x: dx_t = nll_loss_backward(dy_t).
+        if g_t is None:
+            return None
+        input, target, weight, total_weight = ctx.saved_tensors
+        return _NLLLossBackward.apply(g_t, input, target, weight, ctx.reduction,
+                                      ctx.ignore_index, total_weight)
 
     @staticmethod
     def backward(ctx, gg):
-        target, weight, input = ctx.saved_tensors
+        input, target, weight, _total_weight = ctx.saved_tensors
         g = _NLLLoss.apply(gg, target, weight, ctx.reduction, ctx.ignore_index)[0]
         zeros = torch.zeros_like(input) if ctx.needs_input_grad[1] else None
         return g, zeros, None, None, None, None, None
@@ -276,42 +376,88 @@ class _CrossEntropyBackward(_Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         grad, input, target, weight, reduction, ignore_index, lse, total_weight, *eps = inputs
-        ctx.save_for_backward(grad, input, target, weight, lse, total_weight)
+        _save(ctx, grad, input, target, weight, lse, total_weight)
         ctx.reduction, ctx.ignore_index = reduction, ignore_index
         ctx.eps = eps[0] if eps else 0.0
+
+    @_jvp
+    def jvp(ctx, g_t, x_t, *_):
+        # dx_t = cross_entropy_backward(dy_t) + the x-derivative applied to x_t.
+        g, x, t, w, lse, total_weight = ctx.saved_tensors
+        dx_t = None
+        if g_t is not None:
+            dx_t = _CrossEntropyBackward.apply(g_t, x, t, w, ctx.reduction, ctx.ignore_index,
+                                               lse, total_weight, ctx.eps)
+        if x_t is not None:
+            dx_t = _add(dx_t, _softmax_term(g, x, t, w, ctx.reduction, ctx.ignore_index,
+                                            total_weight, ctx.eps, x_t))
+        return dx_t
 
     @staticmethod
     def backward(ctx, gg):
         g, x, t, w, lse, total_weight = ctx.saved_tensors
-        cd = 0 if x.dim() == 1 else 1
         need = ctx.needs_input_grad
         g_dy = g_x = None
         if need[0]:
             per_unit = _CrossEntropyBackward.apply(torch.ones_like(g), x, t, w, ctx.reduction,
                                                    ctx.ignore_index, lse, total_weight, ctx.eps)
-            g_dy = (gg * per_unit).sum(cd) if ctx.reduction == 0 else (gg * per_unit).sum()
+            g_dy = _sum_over_classes(gg * per_unit, x, ctx.reduction)
         if need[1]:
-            keep = t != ctx.ignore_index
-            soft = g / total_weight if ctx.reduction == 1 else g
-            if w is not None:
-                wt = w[t.masked_fill(~keep, 0)] * (1.0 - ctx.eps)
-                if ctx.eps != 0:
-                    wt = wt + w.sum() * (ctx.eps / x.shape[cd])
-                soft = soft * wt
-            p = torch.softmax(x, cd)
-            soft = soft if soft.dim() == 0 else soft.unsqueeze(cd)
-            dx2 = soft * p * (gg - (gg * p).sum(cd, keepdim=True))
-            g_x = torch.where(keep.unsqueeze(cd), dx2, torch.zeros_like(dx2))
+            g_x = _softmax_term(g, x, t, w, ctx.reduction, ctx.ignore_index, total_weight,
+                                ctx.eps, gg)
         return (g_dy, g_x) + (None,) * 7
 
 
+def _sum_over_classes(v: Tensor, x: Tensor, reduction: int) -> Tensor:
+    """Summed over the class dim for reduction 'none' (the loss keeps the positions), else
+    over everything."""
+    return v.sum(0 if x.dim() == 1 else 1) if reduction == 0 else v.sum()
+
+
+def _softmax_term(g, x, t, w, reduction, ignore_index, total_weight, eps, v):
+    """The derivative of cross_entropy_backward's dx in x applied to v (x's shape): dx is
+    soft * p minus terms constant in x, so this is soft * p * (v - sum_c v * p), 0 at ignored
+    positions. Symmetric, so the double backward (v = gg) and jvp (v = x_t) share it."""
+    cd = 0 if x.dim() == 1 else 1
+    keep = t != ignore_index
+    soft = g / total_weight if reduction == 1 else g
+    if w is not None:
+        wt = w[t.masked_fill(~keep, 0)] * (1.0 - eps)
+        if eps != 0:
+            wt = wt + w.sum() * (eps / x.shape[cd])
+        soft = soft * wt
+    p = torch.softmax(x, cd)
+    soft = soft if soft.dim() == 0 else soft.unsqueeze(cd)
+    d = soft * p * (v - (v * p).sum(cd, keepdim=True))
+    return torch.where(keep.unsqueeze(cd), d, torch.zeros_like(d))
+
+
+def _has_jvp_tangent(t: Tensor) -> bool:
+    """True where t is a dual tensor of an active jvp / jacfwd level (its tangent may still
+    be zero: a tensor computed from one is one too)."""
+    levels = {i.level() for i in torch._C._functorch.get_interpreter_stack() if i.key() == _JVP}
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        if torch._C._functorch.maybe_get_level(t) in levels:
+            return True
+        t = torch._C._functorch.get_unwrapped(t)
+    return False
+
+
 def _check_weight(op: str, weight: Optional[Tensor]) -> None:
-    # The same refusal as the C++ layer's check_weight_not_differentiable.
-    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+    # The same refusals as the C++ layer's check_weight_not_differentiable. (A Function's
+    # jvp cannot tell: it gets zeros for an input without a tangent.)
+    if weight is None:
+        return
+    if weight.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(
             f"fastnn.{op}: the loss is not differentiable with respect to `weight`, so `weight` "
             f"cannot have requires_grad=True. Pass `weight.detach()`, or call it under "
             f"torch.no_grad().")
+    if _has_jvp_tangent(weight):
+        raise RuntimeError(
+            f"fastnn.{op}: the loss is not differentiable with respect to `weight`, so `weight` "
+            f"cannot have a forward-mode tangent (be an argument jvp / jacfwd differentiate "
+            f"with respect to, or computed from one).")
 
 
 def linear(input, weight, bias):

@@ -9,8 +9,8 @@
 
 Each function calls one fastnn op; cross_entropy with class-probability targets (a target
 of the input's shape) calls log_softmax's and composes the rest as native does. The ops are
-differentiable (to any order): their autograd is registered in C++ (csrc/autograd/), so the
-graph costs what a native op's does.
+differentiable (to any order, in reverse and forward mode): their autograd is registered in
+C++ (csrc/autograd/), so the graph costs what a native op's does.
 Autocast (CUDA) is honoured as native does it: linear runs in the autocast dtype,
 log_softmax, nll_loss and cross_entropy in float32.
 """

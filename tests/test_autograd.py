@@ -2,7 +2,8 @@
 
 Checked here: the raw ops record a graph exactly when native ops do (grad mode on and an
 input requiring grad) and give native gradients; no graph under no_grad or
-inference_mode; double backward (and higher) as natively; the
+inference_mode; double backward (and higher) as natively; forward mode (dual tensors),
+forward over reverse and reverse over forward as natively; the
 non-differentiable outputs (lse, total_weight) and arguments (target, class weights)
 behave as natively; in-place ReLU bumps the version counter once, like native relu_;
 Linear saves what native saves; autograd's memory tools (checkpointing, saved-tensor hooks)
@@ -156,26 +157,30 @@ def test_gradgradcheck_losses(device, red, weighted, eps):
             t.view(-1)[0] = -100
         w = torch.rand(C, **f64) + 0.5 if weighted else None
         assert torch.autograd.gradgradcheck(
-            lambda x: FF.cross_entropy(x, t, w, reduction=red, label_smoothing=eps), (x,))
+            lambda x: FF.cross_entropy(x, t, w, reduction=red, label_smoothing=eps), (x,),
+            check_fwd_over_rev=True)
         assert torch.autograd.gradgradcheck(
-            lambda x: FF.nll_loss(x, t, w, reduction=red), (x,))
+            lambda x: FF.nll_loss(x, t, w, reduction=red), (x,), check_fwd_over_rev=True)
 
 
 def test_gradgradcheck_layers(device):
     f64 = dict(dtype=torch.float64, device=device)
     x, w, b = randn(2, 3, 5, **f64), randn(4, 5, **f64), randn(4, **f64)
     x, w, b = (a.requires_grad_() for a in (x, w, b))
-    assert torch.autograd.gradgradcheck(FF.linear, (x, w, b))
-    assert torch.autograd.gradgradcheck(lambda x, w: FF.linear(x, w), (x, w))
-    assert torch.autograd.gradgradcheck(lambda x: FF.linear(x, w.detach()), (x,))
-    assert torch.autograd.gradgradcheck(lambda w: FF.linear(x.detach(), w), (w,))
+
+    def ggc(fn, inputs):
+        assert torch.autograd.gradgradcheck(fn, inputs, check_fwd_over_rev=True)
+    ggc(FF.linear, (x, w, b))
+    ggc(lambda x, w: FF.linear(x, w), (x, w))
+    ggc(lambda x: FF.linear(x, w.detach()), (x,))
+    ggc(lambda w: FF.linear(x.detach(), w), (w,))
     # relu away from its kink, where finite differences hold
     xr = randn(4, 5, **f64)
     xr = (xr + xr.sign() * 0.1).requires_grad_()
-    assert torch.autograd.gradgradcheck(FF.relu, (xr,))
-    assert torch.autograd.gradgradcheck(lambda x: FF.relu(x * 1, inplace=True), (xr,))
+    ggc(FF.relu, (xr,))
+    ggc(lambda x: FF.relu(x * 1, inplace=True), (xr,))
     for dim in (0, 1, -1):
-        assert torch.autograd.gradgradcheck(lambda x: FF.log_softmax(x, dim), (x,))
+        ggc(lambda x: FF.log_softmax(x, dim), (x,))
 
 
 def test_hessian_of_the_seed_mlp(device):
@@ -192,6 +197,85 @@ def test_hessian_of_the_seed_mlp(device):
     got = torch.autograd.functional.hessian(loss(FF), w1)
     want = torch.autograd.functional.hessian(loss(F), w1)
     assert_close(got, want, torch.float64)
+
+
+def test_forward_over_reverse_hessian_of_the_seed_mlp(device):
+    """The same Hessian as forward over reverse (the outer Jacobian in forward mode,
+    vectorized): dual tensors through the backward ops and the tensors their nodes saved."""
+    f64 = dict(dtype=torch.float64, device=device)
+    torch.manual_seed(0)
+    x, t = randn(8, 6, **f64), torch.randint(0, 3, (8,), device=device)
+    w1, b1, w2 = randn(5, 6, **f64), randn(5, **f64), randn(3, 5, **f64)
+
+    def loss(lib):
+        return lambda w, b: (lib.nll_loss(lib.log_softmax(
+            lib.linear(lib.relu(lib.linear(x, w, b)), w2), 1), t)
+            + lib.cross_entropy(lib.linear(x, w, b), t, label_smoothing=0.1))
+
+    def hessian(fn):
+        return torch.autograd.functional.hessian(
+            fn, (w1, b1), vectorize=True, outer_jacobian_strategy="forward-mode")
+    for got, want in zip(hessian(loss(FF)), hessian(loss(F))):
+        for g, r in zip(got, want):
+            assert_close(g, r, torch.float64)
+
+
+def _dual(fn, args, tangents):
+    """fn at dual tensors: (primal, tangent) of its output."""
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        out = fn(*[fwAD.make_dual(a, t) for a, t in zip(args, tangents)])
+        return fwAD.unpack_dual(out)
+
+
+@pytest.mark.parametrize("i", range(6), ids=[c[0] for c in _calls("cpu")])
+def test_dual_tensors_like_native(device, i):
+    """Forward mode through the raw ops (torch.autograd.forward_ad): the output's tangent."""
+    name, args, fast, native = _calls(device)[i]
+    tangents = [randn(*a.shape, dtype=a.dtype, device=device) for a in args]
+    got, want = _dual(fast, args, tangents), _dual(native, args, tangents)
+    assert_close(got.primal, want.primal, torch.float64)
+    assert_close(got.tangent, want.tangent, torch.float64)
+
+
+@pytest.mark.parametrize("i", range(6), ids=[c[0] for c in _calls("cpu")])
+def test_reverse_over_forward_like_native(device, i):
+    """The gradient of a tangent (its inputs and their tangents requiring grad). Native
+    log_softmax (and logsumexp, and cross_entropy through it) fail here: their tangent
+    formula modifies a saved exp in place (as does softmax's). The references there
+    spell log_softmax out as log(exp(x) / sum(exp(x)))."""
+    name, args, fast, native = _calls(device)[i]
+    t = torch.tensor([0, 4, 1, 3, 2, 2], device=device)
+
+    def log_softmax(x):
+        return (x.exp() / x.exp().sum(1, keepdim=True)).log()
+    if name == "log_softmax":
+        native = lambda x: log_softmax(x).sin().sum()  # noqa: E731
+    if name == "cross_entropy":
+        native = lambda x: F.nll_loss(log_softmax(x), t, reduction="sum", ignore_index=2)  # noqa
+    tangents = [randn(*a.shape, dtype=a.dtype, device=device) for a in args]
+
+    def grads(fn):
+        a, t = _leaves(args), _leaves(tangents)
+        tan = _dual(fn, a, t).tangent
+        return torch.autograd.grad(tan.sin().sum(), a + t, allow_unused=True)
+    for g, r in zip(grads(fast), grads(native)):
+        assert (g is None) == (r is None) or (g if r is None else r).abs().max() == 0
+        if g is not None and r is not None:
+            assert_close(g, r, torch.float64)
+
+
+def test_dual_class_weight_is_refused(device):
+    """As with requires_grad: the losses are not differentiable in their class weights."""
+    import torch.autograd.forward_ad as fwAD
+    x = randn(4, 3, dtype=torch.float64, device=device)
+    t = torch.tensor([0, 2, 1, 1], device=device)
+    cw = torch.rand(3, dtype=torch.float64, device=device)
+    with fwAD.dual_level():
+        w = fwAD.make_dual(cw, torch.ones_like(cw))
+        for fn in (FF.nll_loss, FF.cross_entropy):
+            with pytest.raises(RuntimeError, match="`weight` cannot be a dual tensor"):
+                fn(x, t, weight=w)
 
 
 def test_two_forwards_then_backwards(device):

@@ -1,13 +1,14 @@
 """fastnn under torch.func: grad, vjp, jacrev, vmap, and vmap of grad (per-sample gradients)
 give native results, through fastnn.functional and the layers; vmap needs no PyTorch
 fallback (no "batching rule" warning); ordinary calls keep the C++ autograd graph;
-gradients of gradients work; what is not supported (forward-mode AD) raises a clear error."""
+gradients of gradients and forward mode (jvp, jacfwd, hessian) work; what is not supported
+(forward mode over forward mode) raises a clear error."""
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, jacrev, vjp, vmap
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 
 import fastnn.functional as FF
 from fastnn.models import Classifier
@@ -219,30 +220,54 @@ def test_grad_of_grad(device):
     assert_close(jacrev(jacrev(f(FF)))(x), jacrev(jacrev(f(F)))(x), torch.float64)
 
 
-def test_forward_over_reverse_is_refused(device):
-    """jacfwd of a gradient goes forward through the backward ops: refused there too
-    (never a zero tangent)."""
-    a = randn(4, 5, dtype=torch.float64, device=device)
-    s = torch.tensor(2.0, dtype=torch.float64, device=device)
-    for f in (lambda a, s: FF.relu(a).sum() * s, lambda a, s: FF.log_softmax(a * s, 1).sin().sum()):
-        with pytest.raises((RuntimeError, NotImplementedError),
-                           match=r"fastnn(\.\w+)?: forward-mode AD"):
-            torch.func.jacfwd(lambda s: grad(f)(a, s))(s)
+@pytest.mark.parametrize("i", range(len(IDS)), ids=IDS)
+def test_jvp_and_jacfwd(device, i):
+    """Forward mode towards every differentiable argument at once (jvp), and jacfwd."""
+    _, fast, native, args = _cases(device)[i]
+    tangents = tuple(randn(*a.shape, dtype=a.dtype, device=device) for a in args)
+    out, tan = jvp(fast, args, tangents)
+    out0, tan0 = jvp(native, args, tangents)
+    assert_close(out, out0, torch.float64)
+    assert_close(tan, tan0, torch.float64)
+    argnums = tuple(range(len(args)))
+    for g, r in zip(jacfwd(fast, argnums)(*args), jacfwd(native, argnums)(*args)):
+        assert_close(g, r, torch.float64)
 
 
 @pytest.mark.parametrize("i", range(len(IDS)), ids=IDS)
-def test_forward_mode_is_refused(device, i):
-    """Forward-mode AD is not implemented: refused with fastnn's message, both through
-    torch.func.jvp and through dual tensors (torch.autograd.forward_ad)."""
-    import torch.autograd.forward_ad as fwAD
-    _, fast, _, args = _cases(device)[i]
-    tangents = tuple(torch.ones_like(a) for a in args)
-    with pytest.raises(NotImplementedError, match="fastnn: forward-mode AD"):
-        torch.func.jvp(fast, args, tangents)
-    with fwAD.dual_level():
-        duals = [fwAD.make_dual(a, t) for a, t in zip(args, tangents)]
-        with pytest.raises(RuntimeError, match=r"fastnn\.\w+: forward-mode AD"):
-            fast(*duals)
+def test_forward_over_reverse(device, i):
+    """torch.func.hessian (jacfwd of jacrev) and jvp of grad: forward mode through the
+    backward ops."""
+    _, fast, native, args = _cases(device)[i]
+    scalar_fast, scalar_native = _scalar(fast), _scalar(native)
+    assert_close(hessian(scalar_fast)(*args), hessian(scalar_native)(*args), torch.float64)
+    argnums = tuple(range(len(args)))
+    tangents = tuple(randn(*a.shape, dtype=a.dtype, device=device) for a in args)
+    got = jvp(grad(scalar_fast, argnums), args, tangents)[1]
+    want = jvp(grad(scalar_native, argnums), args, tangents)[1]
+    for g, r in zip(got, want):
+        assert_close(g, r, torch.float64)
+
+
+def test_reverse_over_forward(device):
+    """jacrev of jacfwd through the seed MLP's ops: the tangents are differentiable."""
+    f64 = dict(dtype=torch.float64, device=device)
+    x, w, b = randn(5, **f64), randn(4, 5, **f64), randn(4, **f64)
+    t = torch.tensor(1, device=device)
+
+    def f(lib):
+        return lambda x: lib.cross_entropy(lib.log_softmax(lib.relu(lib.linear(x, w, b)), 0),
+                                           t, label_smoothing=0.1)
+    assert_close(jacrev(jacfwd(f(FF)))(x), jacrev(jacfwd(f(F)))(x), torch.float64)
+
+
+def test_forward_over_forward_is_refused(device):
+    """jacfwd of jacfwd: autograd.Function runs its jvp with forward mode off, so the inner
+    tangent would get a zero tangent of its own. Refused (never a wrong zero)."""
+    x = randn(4, 5, dtype=torch.float64, device=device)
+    for f in (lambda x: FF.relu(x).sum(), lambda x: FF.log_softmax(x, 1).sin().sum()):
+        with pytest.raises(NotImplementedError, match="forward mode over forward mode"):
+            jacfwd(jacfwd(f))(x)
 
 
 def test_class_weight_is_not_differentiable(device):
@@ -252,3 +277,7 @@ def test_class_weight_is_not_differentiable(device):
     for fn in (FF.nll_loss, FF.cross_entropy):
         with pytest.raises(RuntimeError, match="not differentiable with respect to `weight`"):
             grad(lambda w: fn(x, t, weight=w))(cw)
+        with pytest.raises(RuntimeError, match="cannot have a forward-mode tangent"):
+            jvp(lambda w: fn(x, t, weight=w), (cw,), (cw,))
+        with pytest.raises(RuntimeError, match="cannot have a forward-mode tangent"):
+            jacfwd(lambda w: fn(x, t, weight=w * 2))(cw)

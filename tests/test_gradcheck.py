@@ -1,5 +1,6 @@
-"""torch.autograd.gradcheck (first order only: fastnn's backward ops are not themselves
-differentiable) in float64 for every op, through the fastnn.functional API."""
+"""torch.autograd.gradcheck in float64 for every op, through the fastnn.functional API:
+reverse mode, and forward mode (dual tensors, also batched through vmap) against the same
+finite differences. Second derivatives: test_autograd.py."""
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -18,7 +19,8 @@ def away_from_zero(*shape, device):
 
 def gc(fn, inputs):
     assert gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, check_backward_ad=True,
-                     check_batched_grad=False, check_grad_dtypes=True)
+                     check_batched_grad=False, check_grad_dtypes=True, check_forward_ad=True,
+                     check_batched_forward_grad=True)
 
 
 @pytest.mark.parametrize("shape", [(4, 5), (5,), (2, 3, 5), (1, 5), (0, 5)], ids=str)

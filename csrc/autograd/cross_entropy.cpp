@@ -19,6 +19,10 @@
 //           w[t_i] + eps / C * sum(w)) (/ total_weight for 'mean'), 0 for ignored rows
 //           (the derivative of soft * p; the one-hot and uniform terms are constant in x).
 //           In native ops, so that it is differentiable again.
+// Forward mode: loss_t = the loss's gradient applied to x_t, i.e. the sum over the classes
+//           (and over all positions when reduced) of cross_entropy_backward(1) * x_t; for
+//           the backward op, dx_t = cross_entropy_backward(g_t) + the x-term above with x_t
+//           in place of gg (the Hessian of log-sum-exp is symmetric).
 // Saved for backward: x, t, w, lse and total_weight (no log-probabilities). The device
 // kernels are in csrc/cpu/cross_entropy.cpp and csrc/cuda/cross_entropy.cu.
 #include <ATen/TensorOperators.h>
@@ -41,6 +45,39 @@ namespace {
 
 using autograd::AutogradContext;
 using autograd::variable_list;
+
+// The class dim of a loss input: (C) or (N, C, ...).
+int64_t class_dim(const at::Tensor& x) { return x.dim() == 1 ? 0 : 1; }
+
+// d (reduced) loss / d (per-position) loss applied to a per-element product: summed over
+// the classes for reduction 'none' (the loss keeps the positions), else over everything.
+at::Tensor sum_over_classes(const at::Tensor& v, const at::Tensor& x, int64_t reduction) {
+  return reduction == at::Reduction::None ? v.sum(class_dim(x)) : v.sum();
+}
+
+// The derivative of cross_entropy_backward's output dx in x, applied to v (x's shape): dx
+// is soft * p - (terms constant in x), so this is soft * p * (v - sum_c v * p), with
+// soft = g ((1 - eps) w[t] + eps / C * sum(w)) (/ total_weight for 'mean'), 0 at ignored
+// positions. Symmetric in (v, the gradient it is contracted with), so both the double
+// backward (v = gg) and forward mode (v = x_t) use it.
+at::Tensor softmax_term(const at::Tensor& g, const at::Tensor& x, const at::Tensor& t,
+                        const at::Tensor& w, int64_t reduction, int64_t ignore_index,
+                        const at::Tensor& total_weight, double eps, const at::Tensor& v) {
+  const int64_t cd = class_dim(x);
+  const at::Tensor keep = t.ne(ignore_index);
+  const double C = static_cast<double>(x.size(cd));
+  at::Tensor soft = reduction == at::Reduction::Mean ? g / total_weight : g;
+  if (w.defined()) {
+    at::Tensor wt = w.take(t.masked_fill(keep.logical_not(), 0)) * (1.0 - eps);
+    if (eps != 0) wt = wt + w.sum() * (eps / C);
+    soft = soft * wt;
+  }
+  const at::Tensor p = at::softmax(x, cd);
+  // soft is per position (the target's shape), or one value (0-d: 'mean'/'sum' unweighted)
+  const at::Tensor soft_b = soft.dim() == 0 ? soft : soft.unsqueeze(cd);
+  const at::Tensor d = soft_b * p * (v - (v * p).sum(cd, /*keepdim=*/true));
+  return at::where(keep.unsqueeze(cd), d, at::zeros_like(d));
+}
 
 struct CrossEntropyFunction : public autograd::Function<CrossEntropyFunction> {
   // The loss is the Function's only output; lse and total_weight leave through
@@ -79,8 +116,21 @@ struct CrossEntropyFunction : public autograd::Function<CrossEntropyFunction> {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_autograd(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t reduction, int64_t ignore_index, double label_smoothing) {
-  autograd::check_no_forward_ad("cross_entropy", input, weight);
   autograd::check_weight_not_differentiable("cross_entropy", weight);
+  if (autograd::has_tangent(input)) {
+    const at::Tensor x = autograd::primal(input);
+    auto out = cross_entropy_forward_autograd(x, target, weight, reduction, ignore_index,
+                                              label_smoothing);
+    const auto& [loss, lse, total_weight] = out;
+    autograd::save_duals<CrossEntropyFunction>(
+        loss, {input, target, weight.value_or(at::Tensor()), lse, total_weight});
+    const at::Tensor per_unit = ops::cross_entropy_backward(
+        at::ones_like(loss), x, target, weight, reduction, ignore_index, lse, total_weight,
+        label_smoothing);
+    autograd::set_tangent(loss, sum_over_classes(per_unit * autograd::tangent(input), x,
+                                                 reduction));
+    return out;
+  }
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::cross_entropy_forward(input, target, weight, reduction, ignore_index,
@@ -116,7 +166,6 @@ struct CrossEntropyBackwardFunction
     const int64_t reduction = ctx->saved_data["reduction"].toInt();
     const int64_t ignore_index = ctx->saved_data["ignore_index"].toInt();
     const double eps = ctx->saved_data["label_smoothing"].toDouble();
-    const int64_t cd = x.dim() == 1 ? 0 : 1;  // the class dim
     // (grad_output, input, target, weight, reduction, ignore_index, lse, total_weight,
     //  label_smoothing)
     variable_list out(9);
@@ -124,23 +173,10 @@ struct CrossEntropyBackwardFunction
       const at::Tensor per_unit = ops::cross_entropy_backward(
           at::ones_like(g), x, t, autograd::optional_of(w), reduction, ignore_index, lse,
           total_weight, eps);
-      out[0] = reduction == at::Reduction::None ? (gg * per_unit).sum(cd) : (gg * per_unit).sum();
+      out[0] = sum_over_classes(gg * per_unit, x, reduction);
     }
-    if (ctx->needs_input_grad(1)) {
-      const at::Tensor keep = t.ne(ignore_index);
-      const double C = static_cast<double>(x.size(cd));
-      at::Tensor soft = reduction == at::Reduction::Mean ? g / total_weight : g;
-      if (w.defined()) {
-        at::Tensor wt = w.take(t.masked_fill(keep.logical_not(), 0)) * (1.0 - eps);
-        if (eps != 0) wt = wt + w.sum() * (eps / C);
-        soft = soft * wt;
-      }
-      const at::Tensor p = at::softmax(x, cd);
-      // soft is per position (the target's shape), or one value (0-d: 'mean'/'sum' unweighted)
-      const at::Tensor soft_b = soft.dim() == 0 ? soft : soft.unsqueeze(cd);
-      const at::Tensor dx2 = soft_b * p * (gg - (gg * p).sum(cd, /*keepdim=*/true));
-      out[1] = at::where(keep.unsqueeze(cd), dx2, at::zeros_like(dx2));
-    }
+    if (ctx->needs_input_grad(1))
+      out[1] = softmax_term(g, x, t, w, reduction, ignore_index, total_weight, eps, gg);
     return out;
   }
 };
@@ -151,7 +187,28 @@ at::Tensor cross_entropy_backward_autograd(const at::Tensor& grad_output, const 
                                            int64_t reduction, int64_t ignore_index,
                                            const at::Tensor& lse, const at::Tensor& total_weight,
                                            double label_smoothing) {
-  autograd::check_no_forward_ad("cross_entropy", grad_output, input, weight);
+  if (autograd::has_tangent(grad_output, input, weight, lse, total_weight)) {
+    // lse and total_weight are not differentiable (as natively, nor is w): only the
+    // tangents of dy and x move dx.
+    const at::Tensor g = autograd::primal(grad_output), x = autograd::primal(input),
+                     m = autograd::primal(lse), tw = autograd::primal(total_weight);
+    const auto w = autograd::primal(weight);
+    at::Tensor grad_input = cross_entropy_backward_autograd(
+        g, x, target, w, reduction, ignore_index, m, tw, label_smoothing);
+    autograd::save_duals<CrossEntropyBackwardFunction>(
+        grad_input, {grad_output, input, target, w.value_or(at::Tensor()), m, tw});
+    const at::Tensor g_t = autograd::tangent(grad_output), x_t = autograd::tangent(input);
+    at::Tensor t;
+    if (g_t.defined())
+      t = ops::cross_entropy_backward(g_t, x, target, w, reduction, ignore_index, m, tw,
+                                      label_smoothing);
+    if (x_t.defined())
+      t = autograd::add_tangents(t, softmax_term(g, x, target, w.value_or(at::Tensor()),
+                                                 reduction, ignore_index, tw,
+                                                 label_smoothing, x_t));
+    autograd::set_tangent(grad_input, t);
+    return grad_input;
+  }
   if (!autograd::needs_graph(grad_output, input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::cross_entropy_backward(grad_output, input, target, weight, reduction,

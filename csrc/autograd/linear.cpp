@@ -19,6 +19,11 @@
 //   towards W:  dy^T gdx (linear_backward's dW with gdx as the input)
 // all fastnn ops, so differentiable again. A term is only formed when the forward
 // computed the output it differentiates, so a stand-in operand is never read.
+// Forward mode (tangents x_t, W_t, b_t, dy_t; absent ones are zero):
+//   y_t  = x_t W^T + x W_t^T + b_t          = linear(x_t, W, b_t) + linear(x, W_t)
+//   dx_t = dy_t W + dy W_t,  dW_t = dy_t^T x + dy^T x_t,  db_t = sum dy_t
+// (linear_backward at dy_t, plus its dx with W_t as the weight and its dW with x_t as
+// the input), each only for the outputs the call computes.
 // The device kernels are in csrc/cpu/linear.cpp and csrc/cuda/linear.cu.
 #include <ATen/LegacyVmapTransforms.h>
 #include <ATen/TensorOperators.h>
@@ -49,11 +54,15 @@ at::Tensor shape_only(const at::Tensor& like, at::IntArrayRef shape) {
 }
 
 struct LinearFunction : public autograd::Function<LinearFunction> {
+  static variable_list saved(const at::Tensor& input, const at::Tensor& weight) {
+    return {weight.requires_grad() ? input : at::Tensor(),
+            input.requires_grad() ? weight : at::Tensor()};
+  }
+
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    ctx->save_for_backward({weight.requires_grad() ? input : at::Tensor(),
-                            input.requires_grad() ? weight : at::Tensor()});
+    ctx->save_for_backward(saved(input, weight));
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     ctx->saved_data["in_features"] = weight.size(1);
     return ops::linear_forward(input, weight, bias);
@@ -79,9 +88,34 @@ struct LinearFunction : public autograd::Function<LinearFunction> {
   }
 };
 
+// y_t = linear(x_t, W, b_t) + linear(x, W_t) for output y, absent tangents being zero.
+at::Tensor linear_tangent(const at::Tensor& x, const at::Tensor& w, const at::Tensor& x_t,
+                          const at::Tensor& w_t, const at::Tensor& b_t, const at::Tensor& y) {
+  std::optional<at::Tensor> bias_t = autograd::optional_of(b_t);  // added to one term only
+  at::Tensor t;
+  if (x_t.defined()) {
+    t = ops::linear_forward(x_t, w, bias_t);
+    bias_t.reset();
+  }
+  if (w_t.defined()) {
+    t = autograd::add_tangents(t, ops::linear_forward(x, w_t, bias_t));
+    bias_t.reset();
+  }
+  if (bias_t.has_value()) t = bias_t->expand(y.sizes());
+  return t;
+}
+
 at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
                                    const std::optional<at::Tensor>& bias) {
-  autograd::check_no_forward_ad("linear", input, weight, bias);
+  if (autograd::has_tangent(input, weight, bias)) {
+    const at::Tensor x = autograd::primal(input), w = autograd::primal(weight);
+    at::Tensor output = linear_forward_autograd(x, w, autograd::primal(bias));
+    autograd::save_duals<LinearFunction>(output, LinearFunction::saved(input, weight));
+    autograd::set_tangent(output, linear_tangent(x, w, autograd::tangent(input),
+                                                 autograd::tangent(weight),
+                                                 autograd::tangent(bias), output));
+    return output;
+  }
   if (!autograd::needs_graph(input, weight, bias)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::linear_forward(input, weight, bias);
@@ -151,7 +185,35 @@ struct LinearBackwardFunction : public autograd::Function<LinearBackwardFunction
 std::tuple<OptTensor, OptTensor, OptTensor> linear_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     std::array<bool, 3> output_mask) {
-  autograd::check_no_forward_ad("linear", grad_output, input, weight);
+  if (autograd::has_tangent(grad_output, input, weight)) {
+    const at::Tensor dy = autograd::primal(grad_output), x = autograd::primal(input),
+                     w = autograd::primal(weight);
+    auto grads = linear_backward_autograd(dy, x, w, output_mask);
+    const std::array<OptTensor, 3> out = {std::get<0>(grads), std::get<1>(grads),
+                                          std::get<2>(grads)};
+    for (const OptTensor& o : out) {
+      if (o.has_value()) {  // every output has the node
+        autograd::save_duals<LinearBackwardFunction>(*o, {grad_output, input, weight});
+        break;
+      }
+    }
+    const at::Tensor dy_t = autograd::tangent(grad_output), x_t = autograd::tangent(input),
+                     w_t = autograd::tangent(weight);
+    std::array<at::Tensor, 3> t;  // (dx_t, dW_t, db_t)
+    if (dy_t.defined()) {
+      auto [dx, dw, db] = ops::linear_backward(dy_t, x, w, output_mask);
+      t = {dx.value_or(at::Tensor()), dw.value_or(at::Tensor()), db.value_or(at::Tensor())};
+    }
+    if (output_mask[0] && w_t.defined())
+      t[0] = autograd::add_tangents(
+          t[0], *std::get<0>(ops::linear_backward(dy, x, w_t, {true, false, false})));
+    if (output_mask[1] && x_t.defined())
+      t[1] = autograd::add_tangents(
+          t[1], *std::get<1>(ops::linear_backward(dy, x_t, w, {false, true, false})));
+    for (size_t k = 0; k < 3; ++k)
+      if (out[k].has_value()) autograd::set_tangent(*out[k], t[k]);
+    return grads;
+  }
   if (!autograd::needs_graph(grad_output, input, weight)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::linear_backward(grad_output, input, weight, output_mask);

@@ -5,6 +5,8 @@
 // Backward: dx = dy - exp(y) * sum(dy, dim)      from the saved output y
 // Double backward (native's formulas, in native ops), for the gradient g of dx:
 //           towards dy: g - sum(g * exp(y), dim);  towards y: -sum(dy, dim) * exp(y) * g
+// Forward mode: y_t = x_t - sum(x_t * exp(y), dim) (native's formula); for the backward op,
+//           dx_t = log_softmax_backward(dy_t, y) - exp(y) * y_t * sum(dy, dim).
 // Saved for backward: y and dim. The device kernels are in csrc/cpu/log_softmax.cpp
 // and csrc/cuda/log_softmax.cu.
 #include <ATen/TensorOperators.h>
@@ -40,7 +42,13 @@ struct LogSoftmaxFunction : public autograd::Function<LogSoftmaxFunction> {
 };
 
 at::Tensor log_softmax_forward_autograd(const at::Tensor& input, int64_t dim) {
-  autograd::check_no_forward_ad("log_softmax", input);
+  if (autograd::has_tangent(input)) {
+    at::Tensor output = log_softmax_forward_autograd(autograd::primal(input), dim);
+    const at::Tensor x_t = autograd::tangent(input);
+    autograd::set_tangent(output, x_t - (x_t * output.exp()).sum(dim, /*keepdim=*/true));
+    autograd::save_duals<LogSoftmaxFunction>(output, {output});
+    return output;
+  }
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::log_softmax_forward(input, dim);
@@ -70,7 +78,17 @@ struct LogSoftmaxBackwardFunction : public autograd::Function<LogSoftmaxBackward
 
 at::Tensor log_softmax_backward_autograd(const at::Tensor& grad_output, const at::Tensor& output,
                                          int64_t dim) {
-  autograd::check_no_forward_ad("log_softmax", grad_output, output);
+  if (autograd::has_tangent(grad_output, output)) {
+    const at::Tensor dy = autograd::primal(grad_output), y = autograd::primal(output);
+    at::Tensor grad_input = log_softmax_backward_autograd(dy, y, dim);
+    autograd::save_duals<LogSoftmaxBackwardFunction>(grad_input, {grad_output, output});
+    const at::Tensor dy_t = autograd::tangent(grad_output), y_t = autograd::tangent(output);
+    at::Tensor t;
+    if (dy_t.defined()) t = ops::log_softmax_backward(dy_t, y, dim);
+    if (y_t.defined()) t = autograd::add_tangents(t, -(dy.sum(dim, /*keepdim=*/true) * y.exp() * y_t));
+    autograd::set_tangent(grad_input, t);
+    return grad_input;
+  }
   if (!autograd::needs_graph(grad_output, output)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::log_softmax_backward(grad_output, output, dim);

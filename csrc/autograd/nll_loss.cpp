@@ -9,6 +9,8 @@
 // Double backward: dx is linear in g and does not depend on x's values, so the gradient
 //           towards g is the loss itself applied to dx's gradient, nll_loss_forward(gg, t,
 //           w) (as natively), and x gets zeros.
+// Forward mode: the loss is linear in x, so loss_t = nll_loss_forward(x_t, t, w) (as
+//           natively); for the backward op, dx_t = nll_loss_backward(g_t, ...).
 // Saved for backward: x, t, w and total_weight. The device kernels are in
 // csrc/cpu/nll_loss.cpp and csrc/cuda/nll_loss.cu.
 #include <ATen/core/Tensor.h>
@@ -58,8 +60,15 @@ struct NLLLossFunction : public autograd::Function<NLLLossFunction> {
 std::tuple<at::Tensor, at::Tensor> nll_loss_forward_autograd(
     const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t reduction, int64_t ignore_index) {
-  autograd::check_no_forward_ad("nll_loss", input, weight);
   autograd::check_weight_not_differentiable("nll_loss", weight);
+  if (autograd::has_tangent(input)) {
+    auto out = nll_loss_forward_autograd(autograd::primal(input), target, weight, reduction,
+                                         ignore_index);
+    autograd::set_tangent(std::get<0>(out),
+                          std::get<0>(ops::nll_loss_forward(autograd::tangent(input), target,
+                                                            weight, reduction, ignore_index)));
+    return out;
+  }
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::nll_loss_forward(input, target, weight, reduction, ignore_index);
@@ -99,7 +108,20 @@ at::Tensor nll_loss_backward_autograd(const at::Tensor& grad_output, const at::T
                                       const at::Tensor& target,
                                       const std::optional<at::Tensor>& weight, int64_t reduction,
                                       int64_t ignore_index, const at::Tensor& total_weight) {
-  autograd::check_no_forward_ad("nll_loss", grad_output, input, weight);
+  if (autograd::has_tangent(grad_output, input, weight, total_weight)) {
+    // Constant in x (and, as natively, in w): only dy's tangent moves dx.
+    const auto w = autograd::primal(weight);
+    const at::Tensor tw = autograd::primal(total_weight);
+    at::Tensor grad_input =
+        nll_loss_backward_autograd(autograd::primal(grad_output), autograd::primal(input),
+                                   target, w, reduction, ignore_index, tw);
+    const at::Tensor dy_t = autograd::tangent(grad_output);
+    if (dy_t.defined())
+      autograd::set_tangent(grad_input, ops::nll_loss_backward(dy_t, autograd::primal(input),
+                                                               target, w, reduction,
+                                                               ignore_index, tw));
+    return grad_input;
+  }
   if (!autograd::needs_graph(grad_output, input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::nll_loss_backward(grad_output, input, target, weight, reduction, ignore_index,

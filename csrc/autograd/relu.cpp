@@ -6,6 +6,9 @@
 // Double backward: dx is linear in dy with a mask fixed by y, so the gradient towards dy
 //           is relu_backward(g, y), and y gets zeros (as natively: the mask's derivative
 //           is zero almost everywhere).
+// Forward mode: y_t = relu_backward(x_t, y) (the same mask); for the backward op,
+//           dx_t = relu_backward(dy_t, y). In place, the out-of-place op's result (with
+//           its tangent) is copied back into x, so that copy_ carries the tangent.
 // Saved for backward: the output y only (for the in-place form, the overwritten x),
 // so the input can be freed. The device kernels are in csrc/cpu/relu.cpp and
 // csrc/cuda/relu.cu.
@@ -61,7 +64,11 @@ struct ReLUInplaceFunction : public autograd::Function<ReLUInplaceFunction> {
 };
 
 at::Tensor relu_forward_autograd(const at::Tensor& input) {
-  autograd::check_no_forward_ad("relu", input);
+  if (autograd::has_tangent(input)) {
+    at::Tensor output = relu_forward_autograd(autograd::primal(input));
+    autograd::set_tangent(output, ops::relu_backward(autograd::tangent(input), output));
+    return output;
+  }
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::relu_forward(input);
@@ -70,7 +77,10 @@ at::Tensor relu_forward_autograd(const at::Tensor& input) {
 }
 
 void relu_forward_inplace_autograd(const at::Tensor& input) {
-  autograd::check_no_forward_ad("relu", input);
+  if (autograd::has_tangent(input)) {
+    input.copy_(relu_forward_autograd(input));
+    return;
+  }
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowAutograd below_autograd;
     ops::relu_forward_(input);  // through relu_forward_inplace_view: bumps the version
@@ -115,7 +125,13 @@ struct ReLUBackwardFunction : public autograd::Function<ReLUBackwardFunction> {
 };
 
 at::Tensor relu_backward_autograd(const at::Tensor& grad_output, const at::Tensor& output) {
-  autograd::check_no_forward_ad("relu", grad_output, output);
+  if (autograd::has_tangent(grad_output, output)) {
+    const at::Tensor y = autograd::primal(output);
+    at::Tensor grad_input = relu_backward_autograd(autograd::primal(grad_output), y);
+    const at::Tensor dy_t = autograd::tangent(grad_output);
+    if (dy_t.defined()) autograd::set_tangent(grad_input, ops::relu_backward(dy_t, y));
+    return grad_input;
+  }
   if (!autograd::needs_graph(grad_output, output)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::relu_backward(grad_output, output);

@@ -11,6 +11,7 @@
 // applies the same ops through Python autograd Functions instead.
 #pragma once
 
+#include <ATen/TensorOperators.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/core/GradMode.h>
@@ -46,16 +47,59 @@ inline bool needs_graph(const Ts&... tensors) {
   return c10::GradMode::is_enabled() && (requires_grad(tensors) || ...);
 }
 
-// Forward-mode AD (dual tensors: torch.autograd.forward_ad; torch.func.jvp and jacfwd go
-// through fastnn/_func.py) is not implemented for fastnn's ops. Each forward kernel refuses
-// it by name, rather than letting torch::autograd::Function's generic message out (or,
-// where no graph is recorded, returning an output without its tangent).
+// ---------------------------------------------------------------------- forward-mode AD
+// Dual tensors (torch.autograd.forward_ad) carry a tangent at level 0; eager PyTorch has
+// one level, and torch.func.jvp / jacfwd go through fastnn/_func.py instead. A kernel that
+// gets a dual input runs itself again on the primals (a primal is a differentiable view
+// of its dual, so the backward graph is recorded as usual, and torch::autograd::Function,
+// which has no forward-mode hook in C++, never sees a tangent), then sets the output's
+// tangent: the op's Jacobian applied to the input tangents, computed with fastnn's and
+// native ops, which are differentiable themselves (reverse over forward works too).
 template <typename... Ts>
-inline void check_no_forward_ad(const char* op, const Ts&... tensors) {
-  TORCH_CHECK(!(torch::autograd::isFwGradDefined(tensors) || ...), "fastnn.", op,
-              ": forward-mode AD (torch.autograd.forward_ad, torch.func.jvp, jacfwd) is not "
-              "supported. Use the torch.nn.functional op where forward-mode derivatives are "
-              "needed.");
+inline bool has_tangent(const Ts&... tensors) {
+  return (torch::autograd::isFwGradDefined(tensors) || ...);
+}
+
+// The primal of a dual tensor; any other tensor as it is.
+inline at::Tensor primal(const at::Tensor& t) {
+  return torch::autograd::isFwGradDefined(t) ? t._fw_primal(0) : t;
+}
+inline std::optional<at::Tensor> primal(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(primal(*t)) : std::nullopt;
+}
+
+// The tangent of a dual tensor; undefined (a zero tangent) for any other.
+inline at::Tensor tangent(const at::Tensor& t) {
+  return t.defined() ? t._fw_grad(0) : at::Tensor();
+}
+inline at::Tensor tangent(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? tangent(*t) : at::Tensor();
+}
+
+// Makes `output` a dual tensor with tangent `t` (a zero tangent when t is undefined).
+inline void set_tangent(const at::Tensor& output, const at::Tensor& t) {
+  if (t.defined()) output._set_fw_grad(t, /*level=*/0, /*is_inplace_op=*/false);
+}
+
+// Forward over reverse (a gradient's tangent, e.g. torch.autograd.functional.hessian with
+// outer_jacobian_strategy="forward-mode") needs the tensors a node saved to carry their
+// tangents, as native nodes' saved tensors do: F::apply ran on the primals and saved them
+// without. This makes the node that apply recorded for `output` save `to_save` instead:
+// the same list, built from the dual inputs and from outputs whose tangents are now set.
+// (apply itself saves through the same public CppNode::save_variables_to_ctx, last.)
+template <class F>
+void save_duals(const at::Tensor& output, variable_list to_save) {
+  auto* node = dynamic_cast<torch::autograd::CppNode<F>*>(output.grad_fn().get());
+  if (node == nullptr) return;  // no graph was recorded
+  node->ctx_.save_for_backward(std::move(to_save));
+  node->save_variables_to_ctx();
+}
+
+// a + b where either may be undefined (a zero tangent).
+inline at::Tensor add_tangents(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.defined()) return b;
+  if (!b.defined()) return a;
+  return a + b;
 }
 
 // As natively, the losses are not differentiable in their class weights: a weight that
@@ -66,6 +110,10 @@ inline void check_weight_not_differentiable(const char* op,
               ": the loss is not differentiable with respect to `weight`, so `weight` cannot "
               "have requires_grad=True. Pass `weight.detach()`, or call it under "
               "torch.no_grad().");
+  TORCH_CHECK(!has_tangent(weight), "fastnn.", op,
+              ": the loss is not differentiable with respect to `weight`, so `weight` cannot "
+              "be a dual tensor. Pass its primal (torch.autograd.forward_ad.unpack_dual(weight)"
+              ".primal).");
 }
 
 // An optional tensor from a saved variable (undefined when the forward had none).
