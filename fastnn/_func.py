@@ -219,11 +219,14 @@ class _CrossEntropy(_Loss):
     @_jvp
     def jvp(ctx, x_t, *_):
         # loss_t = the loss's gradient (cross_entropy_backward at 1) applied to x_t.
+        # ('mean': the 'sum' tangent over total_weight, NaN when that is 0, as natively.)
         input, target, weight, loss, lse, total_weight = ctx.saved_tensors
+        mean = ctx.reduction == 1
         per_unit = _CrossEntropyBackward.apply(torch.ones_like(loss), input, target, weight,
-                                               ctx.reduction, ctx.ignore_index, lse,
-                                               total_weight, *ctx.options)
-        return _sum_over_classes(per_unit * x_t, input, ctx.reduction), None, None
+                                               2 if mean else ctx.reduction, ctx.ignore_index,
+                                               lse, total_weight, *ctx.options)
+        loss_t = _sum_over_classes(per_unit * x_t, input, ctx.reduction)
+        return (loss_t / total_weight if mean else loss_t), None, None
 
 
 # The backward ops, differentiable again (gradients of gradients: a nested torch.func.grad,

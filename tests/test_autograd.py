@@ -265,6 +265,43 @@ def test_reverse_over_forward_like_native(device, i):
             assert_close(g, r, torch.float64)
 
 
+def test_dual_outputs_are_freed_inside_the_level(device):
+    """A dual output with a graph is freed when dropped, within the dual level (no reference
+    cycle between a node, the output it saves and that output's tangent; native relu and
+    relu_ have one, fastnn's relu does not)."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.multiprocessing.reductions import StorageWeakRef
+    x = randn(6, 5, dtype=torch.float64, device=device).requires_grad_()
+    w = randn(4, 5, dtype=torch.float64, device=device).requires_grad_()
+    t = torch.tensor([0, 4, 1, 3, 2, 2], device=device)
+    with fwAD.dual_level():
+        d = fwAD.make_dual(x, torch.ones_like(x))
+        for op in (lambda: FF.log_softmax(d, 1), lambda: FF.relu(d), lambda: FF.linear(d, w),
+                   lambda: FF.cross_entropy(d, t, label_smoothing=0.1),
+                   lambda: FF.nll_loss(d, t)):
+            out = op()
+            ref = StorageWeakRef(out.untyped_storage())
+            del out
+            assert ref.expired()
+
+
+def test_mean_loss_tangent_over_zero_weight_is_nan_like_native(device):
+    """'mean' with every target ignored: the loss is NaN (0 / 0), and so is its tangent."""
+    f64 = dict(dtype=torch.float64, device=device)
+    x, xt = randn(3, 4, **f64), randn(3, 4, **f64)
+    t = torch.full((3,), 1, device=device)
+    for fast, native in ((FF.cross_entropy, F.cross_entropy),
+                         (FF.nll_loss, F.nll_loss)):
+        for eps in (0.0, 0.1) if fast is FF.cross_entropy else (None,):
+            kw = dict(ignore_index=1) | ({} if eps is None else dict(label_smoothing=eps))
+            got = _dual(lambda x: fast(x, t, **kw), [x], [xt])
+            want = _dual(lambda x: native(x, t, **kw), [x], [xt])
+            assert got.primal.isnan() and want.primal.isnan()
+            assert got.tangent.isnan() and want.tangent.isnan()
+            got = torch.func.jvp(lambda x: fast(x, t, **kw), (x,), (xt,))[1]
+            assert got.isnan()
+
+
 def test_dual_class_weight_is_refused(device):
     """As with requires_grad: the losses are not differentiable in their class weights."""
     import torch.autograd.forward_ad as fwAD

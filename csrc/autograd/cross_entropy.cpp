@@ -20,7 +20,8 @@
 //           (the derivative of soft * p; the one-hot and uniform terms are constant in x).
 //           In native ops, so that it is differentiable again.
 // Forward mode: loss_t = the loss's gradient applied to x_t, i.e. the sum over the classes
-//           (and over all positions when reduced) of cross_entropy_backward(1) * x_t; for
+//           (and over all positions when reduced) of cross_entropy_backward(1) * x_t ('mean':
+//           that of 'sum' / total_weight, NaN when it is 0 as natively); for
 //           the backward op, dx_t = cross_entropy_backward(g_t) + the x-term above with x_t
 //           in place of gg (the Hessian of log-sum-exp is symmetric).
 // Saved for backward: x, t, w, lse and total_weight (no log-probabilities). The device
@@ -124,11 +125,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_autograd(
     const auto& [loss, lse, total_weight] = out;
     autograd::save_duals<CrossEntropyFunction>(
         loss, {input, target, weight.value_or(at::Tensor()), lse, total_weight});
+    // 'mean' as the 'sum' tangent over total_weight, so that a zero total weight (every
+    // target ignored, or no rows) gives NaN like the loss, as natively.
+    const bool mean = reduction == at::Reduction::Mean;
     const at::Tensor per_unit = ops::cross_entropy_backward(
-        at::ones_like(loss), x, target, weight, reduction, ignore_index, lse, total_weight,
-        label_smoothing);
-    autograd::set_tangent(loss, sum_over_classes(per_unit * autograd::tangent(input), x,
-                                                 reduction));
+        at::ones_like(loss), x, target, weight, mean ? at::Reduction::Sum : reduction,
+        ignore_index, lse, total_weight, label_smoothing);
+    const at::Tensor t = sum_over_classes(per_unit * autograd::tangent(input), x, reduction);
+    autograd::set_tangent(loss, mean ? t / total_weight : t);
     return out;
   }
   if (!autograd::needs_graph(input)) {

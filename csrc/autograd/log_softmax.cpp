@@ -5,13 +5,14 @@
 // Backward: dx = dy - exp(y) * sum(dy, dim)      from the saved output y
 // Double backward (native's formulas, in native ops), for the gradient g of dx:
 //           towards dy: g - sum(g * exp(y), dim);  towards y: -sum(dy, dim) * exp(y) * g
-// Forward mode: y_t = x_t - sum(x_t * exp(y), dim) (native's formula); for the backward op,
+// Forward mode: y_t = x_t - sum(x_t * softmax(x), dim) (native's formula); for the backward op,
 //           dx_t = log_softmax_backward(dy_t, y) - exp(y) * y_t * sum(dy, dim).
 // Saved for backward: y and dim. The device kernels are in csrc/cpu/log_softmax.cpp
 // and csrc/cuda/log_softmax.cu.
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/exp.h>
+#include <ATen/ops/softmax.h>
 #include <ATen/ops/sum.h>
 #include <torch/library.h>
 
@@ -43,9 +44,11 @@ struct LogSoftmaxFunction : public autograd::Function<LogSoftmaxFunction> {
 
 at::Tensor log_softmax_forward_autograd(const at::Tensor& input, int64_t dim) {
   if (autograd::has_tangent(input)) {
-    at::Tensor output = log_softmax_forward_autograd(autograd::primal(input), dim);
-    const at::Tensor x_t = autograd::tangent(input);
-    autograd::set_tangent(output, x_t - (x_t * output.exp()).sum(dim, /*keepdim=*/true));
+    const at::Tensor x = autograd::primal(input), x_t = autograd::tangent(input);
+    at::Tensor output = log_softmax_forward_autograd(x, dim);
+    // softmax from x, not exp(output): a tangent computed from the output would hold the
+    // output's node, which (below) saves the output with that tangent: a reference cycle.
+    autograd::set_tangent(output, x_t - (x_t * at::softmax(x, dim)).sum(dim, /*keepdim=*/true));
     autograd::save_duals<LogSoftmaxFunction>(output, {output});
     return output;
   }

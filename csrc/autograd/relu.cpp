@@ -6,9 +6,10 @@
 // Double backward: dx is linear in dy with a mask fixed by y, so the gradient towards dy
 //           is relu_backward(g, y), and y gets zeros (as natively: the mask's derivative
 //           is zero almost everywhere).
-// Forward mode: y_t = relu_backward(x_t, y) (the same mask); for the backward op,
+// Forward mode: y_t = relu_backward(x_t, x) (the same mask); for the backward op,
 //           dx_t = relu_backward(dy_t, y). In place, the out-of-place op's result (with
-//           its tangent) is copied back into x, so that copy_ carries the tangent.
+//           its tangent, masked from y as x is overwritten) is copied back into x, so that
+//           copy_ carries the tangent.
 // Saved for backward: the output y only (for the in-place form, the overwritten x),
 // so the input can be freed. The device kernels are in csrc/cpu/relu.cpp and
 // csrc/cuda/relu.cu.
@@ -63,12 +64,23 @@ struct ReLUInplaceFunction : public autograd::Function<ReLUInplaceFunction> {
   }
 };
 
+at::Tensor relu_forward_autograd(const at::Tensor& input);
+
+// y = relu(x) for a dual x, with tangent y_t = relu_backward(x_t, mask source). The mask
+// is read from x (x <= 0 exactly where y <= 0, NaN included) rather than from y: a
+// tangent whose node saved y would keep y alive through y's own tangent, a reference
+// cycle until the dual level ends (as native relu has). Only the in-place form, which
+// overwrites x, takes it from y.
+at::Tensor relu_dual(const at::Tensor& input, bool mask_from_output) {
+  const at::Tensor x = autograd::primal(input);
+  at::Tensor output = relu_forward_autograd(x);
+  autograd::set_tangent(output, ops::relu_backward(autograd::tangent(input),
+                                                   mask_from_output ? output : x));
+  return output;
+}
+
 at::Tensor relu_forward_autograd(const at::Tensor& input) {
-  if (autograd::has_tangent(input)) {
-    at::Tensor output = relu_forward_autograd(autograd::primal(input));
-    autograd::set_tangent(output, ops::relu_backward(autograd::tangent(input), output));
-    return output;
-  }
+  if (autograd::has_tangent(input)) return relu_dual(input, /*mask_from_output=*/false);
   if (!autograd::needs_graph(input)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::relu_forward(input);
@@ -78,7 +90,7 @@ at::Tensor relu_forward_autograd(const at::Tensor& input) {
 
 void relu_forward_inplace_autograd(const at::Tensor& input) {
   if (autograd::has_tangent(input)) {
-    input.copy_(relu_forward_autograd(input));
+    input.copy_(relu_dual(input, /*mask_from_output=*/true));
     return;
   }
   if (!autograd::needs_graph(input)) {

@@ -86,7 +86,8 @@ inline void set_tangent(const at::Tensor& output, const at::Tensor& t) {
 // tangents, as native nodes' saved tensors do: F::apply ran on the primals and saved them
 // without. This makes the node that apply recorded for `output` save `to_save` instead:
 // the same list, built from the dual inputs and from outputs whose tangents are now set.
-// (apply itself saves through the same public CppNode::save_variables_to_ctx, last.)
+// (apply itself saves through the same public CppNode::save_variables_to_ctx, last. So a
+// saved-tensor pack hook runs for both lists, in this dual path only.)
 template <class F>
 void save_duals(const at::Tensor& output, variable_list to_save) {
   auto* node = dynamic_cast<torch::autograd::CppNode<F>*>(output.grad_fn().get());
@@ -103,7 +104,8 @@ inline at::Tensor add_tangents(const at::Tensor& a, const at::Tensor& b) {
 }
 
 // As natively, the losses are not differentiable in their class weights: a weight that
-// asks for a gradient is refused rather than silently given none.
+// asks for a gradient is refused rather than silently given none. A dual weight is refused
+// too (stricter than native, which drops its tangent).
 inline void check_weight_not_differentiable(const char* op,
                                             const std::optional<at::Tensor>& weight) {
   TORCH_CHECK(!needs_graph(weight), "fastnn.", op,
