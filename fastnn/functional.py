@@ -92,7 +92,24 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
     dtype = _autocast_dtype(input)
     if dtype is not None:
         input, weight, bias = _cast(input, dtype), _cast(weight, dtype), _cast(bias, dtype)
+    if weight.dim() == 1 and bias is None:
+        # As natively: a 1-D weight (in_features,) maps (*, in_features) to (*).
+        return _ops.linear_forward(input, weight.unsqueeze(0), None).squeeze(-1)
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]) \
+            and _bias_expands(bias, input, weight):
+        # As natively, a bias of another shape that expands to the output's (e.g. a
+        # scalar, or one bias per row): fastnn's product, then a native add. (Any other
+        # bias goes to the op, which says what shape it must have.)
+        return _ops.linear_forward(input, weight, None) + bias
     return _ops.linear_forward(input, weight, bias)
+
+
+def _bias_expands(bias: Tensor, input: Tensor, weight: Tensor) -> bool:
+    """Whether bias expands to linear's output shape (*input.shape[:-1], out_features)."""
+    if weight.dim() != 2 or input.dim() == 0 or bias.dim() > input.dim():
+        return False
+    out = list(input.shape[:-1]) + [weight.shape[0]]
+    return all(b == 1 or b == o for b, o in zip(reversed(bias.shape), reversed(out)))
 
 
 def relu(input: Tensor, inplace: bool = False) -> Tensor:

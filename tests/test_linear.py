@@ -82,6 +82,36 @@ def test_linear_leading_dims(device, dtype, shape, has_bias):
     check(x, w, b, dtype, g)
 
 
+_BIAS = [((6, 17), b) for b in [(), (1,), (1, 9), (6, 9), (6, 1)]] + [
+    ((2, 1, 6, 17), b) for b in [(), (6, 9), (2, 1, 1, 9)]]
+
+
+@pytest.mark.parametrize("x_shape,bias_shape", _BIAS, ids=str)
+def test_linear_broadcast_bias(device, dtype, x_shape, bias_shape):
+    """As natively, a bias that expands to the output's shape. (Native's fused path for a
+    contiguous 3-D input refuses some of these; fastnn takes them for any input.)"""
+    x = randn(*x_shape, dtype=dtype, device=device)
+    w = init_weight(9, 17, dtype=dtype, device=device)
+    b = randn(*bias_shape, dtype=dtype, device=device)
+    (y0, dx0, dw0, db0), (y1, dx1, dw1, db1) = run_both(x, w, b)
+    assert_close(y1, y0, dtype, k=17)
+    assert_close(dx1, dx0, dtype, k=9)
+    assert_close(dw1, dw0, dtype, k=12)
+    assert_close(db1, db0, dtype, k=12)
+
+
+@pytest.mark.parametrize("shape", [(5, 17), (17,), (2, 3, 17), (0, 17)], ids=str)
+def test_linear_1d_weight(device, dtype, shape):
+    """As natively, a 1-D weight (in_features,) without bias maps (*, in) to (*)."""
+    x = randn(*shape, dtype=dtype, device=device)
+    w = randn(17, dtype=dtype, device=device)
+    (y0, dx0, dw0, _), (y1, dx1, dw1, _) = run_both(x, w, None)
+    assert y1.shape == y0.shape == shape[:-1]
+    assert_close(y1, y0, dtype, k=17)
+    assert_close(dx1, dx0, dtype, k=1)
+    assert_close(dw1, dw0, dtype, k=max(1, x.shape[:-1].numel()))
+
+
 @pytest.mark.dtypes(torch.float32, torch.float64)
 @pytest.mark.parametrize("x_layout", ("contiguous",) + NONCONTIG_LAYOUTS)
 @pytest.mark.parametrize("w_layout", ("contiguous",) + NONCONTIG_LAYOUTS)
