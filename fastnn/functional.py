@@ -12,7 +12,9 @@ of the input's shape) calls log_softmax's and composes the rest as native does. 
 differentiable (to any order, in reverse and forward mode): their autograd is registered in
 C++ (csrc/autograd/), so the graph costs what a native op's does.
 Autocast (CUDA) is honoured as native does it: linear runs in the autocast dtype,
-log_softmax, nll_loss and cross_entropy in float32.
+log_softmax, nll_loss and cross_entropy in float32. As native's, each function first hands
+arguments that override ``__torch_function__`` (tensor subclasses, torch.fx's tracing
+proxies) to their override, so torch.fx.symbolic_trace records each call as one node.
 """
 import operator
 import warnings
@@ -21,6 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 from torch.nn import _reduction
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from . import _C, _ops
 
@@ -88,6 +91,8 @@ def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 
 
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(linear, (input, weight, bias), input, weight, bias=bias)
     _check_device("linear", input)
     dtype = _autocast_dtype(input)
     if dtype is not None:
@@ -113,6 +118,8 @@ def _bias_expands(bias: Tensor, input: Tensor, weight: Tensor) -> bool:
 
 
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    if has_torch_function_variadic(input):
+        return handle_torch_function(relu, (input,), input, inplace=inplace)
     _check_device("relu", input)
     if inplace:
         return _ops.relu_forward_(input)
@@ -128,6 +135,9 @@ def legacy_softmax_dim(ndim: int) -> int:
 
 def log_softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3,
                 dtype: Optional[torch.dtype] = None) -> Tensor:
+    if has_torch_function_variadic(input):
+        return handle_torch_function(log_softmax, (input,), input, dim=dim,
+                                     _stacklevel=_stacklevel, dtype=dtype)
     _check_device("log_softmax", input)
     dim = legacy_softmax_dim(input.dim()) if dim is None else _int_arg("log_softmax", "dim", dim)
     if dtype is not None:
@@ -154,6 +164,11 @@ def _loss_inputs(op: str, input: Tensor, target: Tensor, weight: Optional[Tensor
 
 def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, size_average=None,
              ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(
+            nll_loss, (input, target, weight), input, target, weight=weight,
+            size_average=size_average, ignore_index=ignore_index, reduce=reduce,
+            reduction=reduction)
     red = _reduction_of(size_average, reduce, reduction)
     input, target, weight = _loss_inputs("nll_loss", input, target, weight)
     ignore_index = _int_arg("nll_loss", "ignore_index", ignore_index)
@@ -163,6 +178,11 @@ def nll_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, siz
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                   size_average=None, ignore_index: int = -100, reduce=None,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(
+            cross_entropy, (input, target, weight), input, target, weight=weight,
+            size_average=size_average, ignore_index=ignore_index, reduce=reduce,
+            reduction=reduction, label_smoothing=label_smoothing)
     red = _reduction_of(size_average, reduce, reduction)
     ignore_index = _int_arg("cross_entropy", "ignore_index", ignore_index)
     label_smoothing = _float_arg("cross_entropy", "label_smoothing", label_smoothing)

@@ -196,6 +196,30 @@ def test_fx_symbolic_trace(device):
     assert calls.count("linear") == 4 and "log_softmax" in calls
 
 
+def test_fx_symbolic_trace_of_functional_calls(device):
+    """A forward written with fastnn.nn.functional traces too: each call one node (the
+    functions defer to __torch_function__ overrides, as native's do)."""
+    import fastnn.nn.functional as FF
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x, t):
+            h = FF.relu(FF.linear(x, self.fc.weight, self.fc.bias), inplace=True)
+            return (FF.cross_entropy(h, t, label_smoothing=0.1)
+                    + FF.nll_loss(FF.log_softmax(h, dim=1), t, reduction="sum"))
+    model = Net().to(device)
+    traced = torch.fx.symbolic_trace(model)
+    calls = [n.target.__name__ for n in traced.graph.nodes if n.op == "call_function"]
+    assert calls == ["linear", "relu", "cross_entropy", "log_softmax", "nll_loss", "add"]
+    assert all(n.target.__module__ == "fastnn.functional" for n in traced.graph.nodes
+               if n.op == "call_function" and n.target.__name__ != "add")
+    x, t = torch.randn(5, 6, device=device), torch.randint(0, 4, (5,), device=device)
+    torch.testing.assert_close(traced(x, t), model(x, t))
+
+
 def test_flop_counter_counts_linear_like_native():
     from torch.utils.flop_counter import FlopCounterMode
     counts = []
