@@ -302,6 +302,23 @@ def test_mean_loss_tangent_over_zero_weight_is_nan_like_native(device):
             assert got.isnan()
 
 
+def test_dual_input_through_the_seed_mlp(device):
+    """Eager forward mode through the classifier's fastnn layers and losses (the tangent of
+    the loss in the direction of an input change), as through its torch.nn twin."""
+    from fastnn.models import Classifier
+    fast = Classifier(hidden_sizes=(32, 16), impl="fastnn").to(device, torch.float64)
+    native = Classifier(hidden_sizes=(32, 16), impl="native").to(device, torch.float64)
+    native.load_state_dict(fast.state_dict())
+    x, xt = randn(8, 784, dtype=torch.float64, device=device), randn(8, 784, dtype=torch.float64,
+                                                                      device=device)
+    t = torch.randint(0, 10, (8,), device=device)
+    got = _dual(lambda x: FF.cross_entropy(fast.logits(x), t) + FF.nll_loss(fast(x), t), [x], [xt])
+    want = _dual(lambda x: F.cross_entropy(native.logits(x), t) + F.nll_loss(native(x), t), [x],
+                 [xt])
+    assert_close(got.primal, want.primal, torch.float64, k=784)
+    assert_close(got.tangent, want.tangent, torch.float64, k=784)
+
+
 def test_dual_class_weight_is_refused(device):
     """As with requires_grad: the losses are not differentiable in their class weights."""
     import torch.autograd.forward_ad as fwAD

@@ -180,6 +180,32 @@ def test_per_sample_gradients_of_the_seed_mlp(device, loss):
         assert_close(got[k], want[k], torch.float64, k=784)
 
 
+def test_forward_mode_through_the_seed_mlp(device):
+    """jvp of the classifier's loss in its parameters (a directional derivative, as in
+    forward-gradient training), and the Hessian-vector product jvp(grad), through the
+    fastnn layers, against the same model built from torch.nn layers."""
+    fast = Classifier(hidden_sizes=(32, 16), impl="fastnn").to(device, torch.float64)
+    native = Classifier(hidden_sizes=(32, 16), impl="native").to(device, torch.float64)
+    native.load_state_dict(fast.state_dict())
+    x = randn(8, 784, dtype=torch.float64, device=device)
+    t = torch.randint(0, 10, (8,), device=device)
+    params = {k: v.detach() for k, v in fast.named_parameters()}
+    direction = {k: randn(*v.shape, dtype=v.dtype, device=device) for k, v in params.items()}
+
+    def loss(model, loss_fn):
+        return lambda p: loss_fn(functional_call(model, p, (x,)), t)
+    for fast_loss, native_loss in ((FF.nll_loss, F.nll_loss),
+                                   (FF.cross_entropy, F.cross_entropy)):
+        got = jvp(loss(fast, fast_loss), (params,), (direction,))
+        want = jvp(loss(native, native_loss), (params,), (direction,))
+        assert_close(got[0], want[0], torch.float64, k=784)
+        assert_close(got[1], want[1], torch.float64, k=784)
+        hvp = jvp(grad(loss(fast, fast_loss)), (params,), (direction,))[1]
+        hvp0 = jvp(grad(loss(native, native_loss)), (params,), (direction,))[1]
+        for k in params:
+            assert_close(hvp[k], hvp0[k], torch.float64, k=784)
+
+
 def test_ordinary_calls_keep_the_cpp_graph(device):
     """Outside a transform, the graph is the C++ one (no Python autograd.Function)."""
     x = randn(4, 5, device=device).requires_grad_()
