@@ -37,12 +37,15 @@ _JVP = torch._C._functorch.TransformType.Jvp
 _DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, _JVP)
 
 
+@torch.compiler.assume_constant_result
 def differentiating_transform_active() -> bool:
     """True while a differentiating transform (grad, vjp, jacrev, jvp, jacfwd) is active.
 
     Only those refuse the C++ autograd Functions; under vmap or functionalize alone the ops
     run as usual (vmap through the rules below). The common case, no transform at all,
-    costs one C call."""
+    costs one C call. Dynamo cannot trace the interpreter-stack query, so under
+    torch.compile the answer is taken at trace time as a constant (a compiled vmap of
+    fastnn ops then traces whole; Dynamo guards on the functorch state it traced under)."""
     return any_transform_active() and any(
         i.key() in _DIFFERENTIATING for i in torch._C._functorch.get_interpreter_stack())
 

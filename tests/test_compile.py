@@ -184,3 +184,31 @@ def test_export_seed_mlp_with_dynamic_batch(device, tmp_path):
     for n in (16, 5):
         xb, _ = synthetic_mnist(n, device=device)
         assert torch.equal(loaded(xb), model(xb))
+
+
+def test_compile_vmap_fullgraph(device):
+    """A compiled vmap of fastnn ops traces whole (the transform check is constant at trace
+    time), and gives what the eager vmap gives."""
+    x = torch.randn(3, 4, 5, dtype=torch.float64, device=device)
+    w = torch.randn(6, 5, dtype=torch.float64, device=device)
+
+    def f(x):
+        return torch.func.vmap(lambda xi: FF.log_softmax(FF.relu(FF.linear(xi, w)), 1))(x)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), f(x))
+
+
+def test_compiled_function_under_grad_after_plain_call(device):
+    """The transform check is a trace-time constant: a function compiled (and first called)
+    outside any transform still differentiates right when called under torch.func.grad
+    afterwards (Dynamo retraces under the new functorch state rather than reuse the plain
+    trace)."""
+    x = torch.randn(4, 5, dtype=torch.float64, device=device)
+    w = torch.randn(6, 5, dtype=torch.float64, device=device)
+    compiled = torch.compile(lambda x: FF.log_softmax(FF.linear(x, w), 1).sin().sum(),
+                             backend="aot_eager")
+    native = lambda x: torch.log_softmax(x @ w.t(), 1).sin().sum()  # noqa: E731
+    torch.testing.assert_close(compiled(x), native(x))
+    torch.testing.assert_close(torch.func.grad(compiled)(x), torch.func.grad(native)(x))
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(compiled))(x.expand(3, 4, 5)),
+                               torch.func.vmap(torch.func.grad(native))(x.expand(3, 4, 5)))
