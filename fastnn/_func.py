@@ -20,9 +20,9 @@ Gradients of gradients work (the backward ops have their own Functions below, wi
 C++ layer's derivatives), and so does forward mode (jvp, jacfwd, and so hessian, which is
 jacfwd of jacrev): each Function has a ``jvp`` with the C++ layer's tangent formulas,
 computed through these Functions again so that tangents stay differentiable.
-``torch.compile`` of a function that applies a differentiating transform to fastnn ops
-runs it eagerly behind a graph break (``fullgraph=True`` raises): Dynamo traces the
-transform itself, without this switch, and meets the C++ Functions. vmap alone compiles.
+``torch.compile`` of a function that applies grad, vjp, jacrev or hessian to fastnn ops runs
+it eagerly behind a graph break (``fullgraph=True`` raises): Dynamo traces the transform
+itself and meets the C++ Functions. vmap, jvp and jacfwd compile whole.
 """
 import functools
 from typing import Callable, Optional, Sequence
@@ -44,8 +44,9 @@ def differentiating_transform_active() -> bool:
     Only those refuse the C++ autograd Functions; under vmap or functionalize alone the ops
     run as usual (vmap through the rules below). The common case, no transform at all,
     costs one C call. Dynamo cannot trace the interpreter-stack query, so under
-    torch.compile the answer is taken at trace time as a constant (a compiled vmap of
-    fastnn ops then traces whole; Dynamo guards on the functorch state it traced under)."""
+    torch.compile the answer is taken at trace time as a constant: a compiled vmap of
+    fastnn ops then traces whole. (A compiled function called from inside an eager
+    transform is not traced there: Dynamo runs it eagerly, and this runs for real.)"""
     return any_transform_active() and any(
         i.key() in _DIFFERENTIATING for i in torch._C._functorch.get_interpreter_stack())
 

@@ -101,20 +101,24 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
         # As natively: a 1-D weight (in_features,) maps (*, in_features) to (*).
         return _ops.linear_forward(input, weight.unsqueeze(0), None).squeeze(-1)
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]) \
-            and _bias_expands(bias, input, weight):
+            and weight.dim() == 2 and input.dim() > 0 and bias.dtype == input.dtype \
+            and bias.device == input.device:
         # As natively, a bias of another shape that expands to the output's (e.g. a
-        # scalar, or one bias per row): fastnn's product, then a native add. (Any other
-        # bias goes to the op, which says what shape it must have.)
+        # scalar, or one bias per row): fastnn's product, then a native add. (A bias of
+        # another dtype or device goes to the op, which says what it must be.)
+        out_shape = list(input.shape[:-1]) + [weight.shape[0]]
+        if not _expands(list(bias.shape), out_shape):
+            raise RuntimeError(f"fastnn.linear: `bias` of shape {list(bias.shape)} does not "
+                               f"broadcast to the output's shape {out_shape}; pass a bias of "
+                               f"shape [{weight.shape[0]}] (out_features).")
         return _ops.linear_forward(input, weight, None) + bias
     return _ops.linear_forward(input, weight, bias)
 
 
-def _bias_expands(bias: Tensor, input: Tensor, weight: Tensor) -> bool:
-    """Whether bias expands to linear's output shape (*input.shape[:-1], out_features)."""
-    if weight.dim() != 2 or input.dim() == 0 or bias.dim() > input.dim():
-        return False
-    out = list(input.shape[:-1]) + [weight.shape[0]]
-    return all(b == 1 or b == o for b, o in zip(reversed(bias.shape), reversed(out)))
+def _expands(shape: list, to: list) -> bool:
+    """Whether a tensor of `shape` expands to `to` (Tensor.expand's rule)."""
+    return len(shape) <= len(to) and all(
+        b == 1 or b == o for b, o in zip(reversed(shape), reversed(to)))
 
 
 def relu(input: Tensor, inplace: bool = False) -> Tensor:

@@ -24,10 +24,18 @@ if [ -x "${FASTNN_CXX:-/usr/bin/g++}" ]; then
   export CC=${FASTNN_CC:-/usr/bin/gcc} CXX=${FASTNN_CXX:-/usr/bin/g++}
 fi
 declare -A status
+ALL_STEPS="build tests gemm_check wgmma_check ops_check memcheck racecheck wgmma_memcheck bench wgmma_bench train train_graph"
+if [ -n "${STEPS:-}" ]; then
+  STEPS=$(echo "$STEPS" | tr ',\t\n' '   ')
+  for s in $STEPS; do
+    [[ " $ALL_STEPS " == *" $s "* ]] || { echo "gpu_check.sh: unknown step '$s' in STEPS (known: $ALL_STEPS)"; exit 2; }
+  done
+fi
+selected() { [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]; }
 
 step() {  # step NAME LOGFILE CMD...: run CMD, log to OUT/LOGFILE, record pass/fail
   local name=$1 log=$2; shift 2
-  if [ -n "${STEPS:-}" ] && [ "$name" != build ] && [[ " $STEPS " != *" $name "* ]]; then
+  if [ "$name" != build ] && ! selected "$name"; then
     return 0
   fi
   local t0=$SECONDS
@@ -52,6 +60,9 @@ step memcheck memcheck.log compute-sanitizer --tool memcheck --error-exitcode 1 
 step racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 1 $PY scripts/sanitize_ops.py
 step wgmma_memcheck wgmma_memcheck.log env FASTNN_WGMMA=all compute-sanitizer --tool memcheck --error-exitcode 1 $PY scripts/sanitize_ops.py
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
+if [ "$MODE" != full ] && { selected bench || selected wgmma_bench || selected train || selected train_graph; } && [ -n "${STEPS:-}" ]; then
+  echo "== note: bench, wgmma_bench, train and train_graph run in full mode only"
+fi
 if [ "$MODE" = full ]; then
   step bench bench.log $PY -m benchmarks.run --device cuda --out "$OUT/results"
   step wgmma_bench wgmma_bench.log env FASTNN_WGMMA=1 $PY scripts/gemm_check.py --no-big
@@ -60,7 +71,7 @@ if [ "$MODE" = full ]; then
   if [ -d "${FASTNN_DATA:-/nonexistent}/MNIST/raw" ]; then
     step train train.log $PY -m fastnn.train --impl both --device cuda --no-progress
     step train_graph train_graph.log $PY -m fastnn.train --impl both --device cuda --cuda-graph --no-progress
-  else
+  elif selected train || selected train_graph; then
     echo "== train: skipped (set FASTNN_DATA to a folder with MNIST/raw)"
   fi
 fi

@@ -201,8 +201,8 @@ def test_compile_vmap_fullgraph(device):
 def test_compiled_function_under_grad_after_plain_call(device):
     """The transform check is a trace-time constant: a function compiled (and first called)
     outside any transform still differentiates right when called under torch.func.grad
-    afterwards (Dynamo retraces under the new functorch state rather than reuse the plain
-    trace)."""
+    afterwards (Dynamo does not reuse the plain trace inside a transform it did not start:
+    it runs the function eagerly there)."""
     x = torch.randn(4, 5, dtype=torch.float64, device=device)
     w = torch.randn(6, 5, dtype=torch.float64, device=device)
     compiled = torch.compile(lambda x: FF.log_softmax(FF.linear(x, w), 1).sin().sum(),
@@ -212,3 +212,20 @@ def test_compiled_function_under_grad_after_plain_call(device):
     torch.testing.assert_close(torch.func.grad(compiled)(x), torch.func.grad(native)(x))
     torch.testing.assert_close(torch.func.vmap(torch.func.grad(compiled))(x.expand(3, 4, 5)),
                                torch.func.vmap(torch.func.grad(native))(x.expand(3, 4, 5)))
+
+
+def test_compile_jvp_and_jacfwd_fullgraph(device):
+    """Forward mode compiles whole: the jvp transform runs fastnn's Python Functions."""
+    x = torch.randn(4, 5, dtype=torch.float64, device=device)
+    w = torch.randn(6, 5, dtype=torch.float64, device=device)
+
+    def f(lib):
+        return lambda x: lib.log_softmax(lib.relu(lib.linear(x, w)), 1).sin().sum()
+    import torch.nn.functional as F
+    jvp = torch.func.jvp
+    got = torch.compile(lambda x: jvp(f(FF), (x,), (torch.ones_like(x),))[1],
+                        backend="aot_eager", fullgraph=True)(x)
+    torch.testing.assert_close(got, jvp(f(F), (x,), (torch.ones_like(x),))[1])
+    got = torch.compile(lambda x: torch.func.jacfwd(f(FF))(x), backend="aot_eager",
+                        fullgraph=True)(x)
+    torch.testing.assert_close(got, torch.func.jacfwd(f(F))(x))

@@ -80,8 +80,12 @@ def test_linear_shape_mismatch():
         fastnn.Linear(6, 3)(torch.randn(2, 7, 5))
     with pytest.raises(RuntimeError, match=SHAPE_MSG):  # bias of the wrong length
         FF.linear(torch.randn(4, 5), torch.randn(3, 5), torch.randn(4))
-    with pytest.raises(RuntimeError, match=SHAPE_MSG):  # a bias that does not expand
+    with pytest.raises(RuntimeError, match="does not broadcast"):  # a bias that does not expand
         FF.linear(torch.randn(4, 5), torch.randn(3, 5), torch.randn(2, 3))
+    with pytest.raises(RuntimeError, match="dtype"):  # nor of another dtype
+        FF.linear(torch.randn(4, 5), torch.randn(3, 5), torch.randn(4, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"(?i)(2-D|dim|shape)"):  # requiring grad too
+        FF.linear(torch.randn(2, 4, 5, requires_grad=True), torch.randn(5), torch.randn(()))
     with pytest.raises(RuntimeError, match=SHAPE_MSG):  # one that would grow the output
         FF.linear(torch.randn(4, 5), torch.randn(3, 5), torch.randn(2, 4, 3))
     with pytest.raises(RuntimeError, match=r"(?i)(2-D|dim|shape)"):  # 1-D weight with bias

@@ -62,10 +62,11 @@ struct LinearFunction : public autograd::Function<LinearFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor output = ops::linear_forward(input, weight, bias);  // checks the shapes
     ctx->save_for_backward(saved(input, weight));
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     ctx->saved_data["in_features"] = weight.size(1);
-    return ops::linear_forward(input, weight, bias);
+    return output;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
