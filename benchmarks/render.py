@@ -134,7 +134,6 @@ def charts(result: Dict, base: str) -> List[str]:
         print("matplotlib is not installed: no charts", file=sys.stderr)
         return []
     written = []
-    device = result["machine"]["device"]
     where_line = where(result["machine"])
 
     step = [r for r in result.get("step", {}).get("rows", []) if r.get("ratio_to_native_eager")]

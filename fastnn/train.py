@@ -23,10 +23,9 @@ graph's gradient buffers (zero_grad(set_to_none=False)), so no second graph is n
 """
 import argparse
 import math
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch

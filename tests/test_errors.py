@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import fastnn
 import fastnn.functional as FF
-from support import CUDA_OK, CUDA_SKIP_REASON, assert_close, randn
+from support import CUDA_OK, CUDA_SKIP_REASON, assert_close
 
 ops = torch.ops.fastnn
 DTYPE_MSG = "float32 and float64"  # checks.h: "... but fastnn supports float32 and float64 on cpu"
