@@ -35,7 +35,7 @@ demo: build
 
 # The kernel tests once more on the CPU kernels' portable paths (what non-x86 CPUs run):
 # ATEN_CPU_CAPABILITY=default turns off fastnn's AVX2 code as it does PyTorch's.
-PORTABLE_TESTS := tests/test_linear.py tests/test_relu.py tests/test_log_softmax.py \
+PORTABLE_TESTS := tests/test_linear.py tests/test_relu.py tests/test_log_softmax.py tests/test_half.py \
                   tests/test_losses.py tests/test_gradcheck.py tests/test_determinism.py
 
 test: build

@@ -11,8 +11,9 @@ Each function calls one fastnn op; cross_entropy with class-probability targets 
 of the input's shape) calls log_softmax's and composes the rest as native does. The ops are
 differentiable (to any order, in reverse and forward mode): their autograd is registered in
 C++ (csrc/autograd/), so the graph costs what a native op's does.
-Autocast (CUDA) is honoured as native does it: linear runs in the autocast dtype,
-log_softmax, nll_loss and cross_entropy in float32. As native's, each function first hands
+Autocast is honoured as native does it: linear runs in the autocast dtype, nll_loss and
+cross_entropy in float32, and log_softmax in float32 on CUDA (on the CPU, autocast leaves
+it in its input's dtype). As native's, each function first hands
 arguments that override ``__torch_function__`` (tensor subclasses, torch.fx's tracing
 proxies) to their override, so torch.fx.symbolic_trace records each call as one node.
 """
@@ -78,6 +79,8 @@ def _float_arg(op: str, name: str, value) -> float:
 
 def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
     """The lower-precision dtype autocast asks for on t's device, or None if autocast is off."""
+    if t.is_cpu:
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
     if t.is_cuda and torch.is_autocast_enabled("cuda"):
         return torch.get_autocast_dtype("cuda")
     return None
@@ -146,7 +149,8 @@ def log_softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3,
     dim = legacy_softmax_dim(input.dim()) if dim is None else _int_arg("log_softmax", "dim", dim)
     if dtype is not None:
         input = input.to(dtype)
-    elif _autocast_dtype(input) is not None:
+    elif input.is_cuda and _autocast_dtype(input) is not None:
+        # CUDA autocast runs log_softmax in float32; CPU autocast leaves it in its input's dtype
         input = _cast(input, torch.float32)
     return _ops.log_softmax_forward(input, dim)
 

@@ -3,7 +3,7 @@
 * ``device``: "cpu" always; "cuda" when torch.cuda.is_available() and fastnn was built
   with CUDA kernels (fastnn.WITH_CUDA), otherwise that case is skipped with the reason.
 * ``dtype``: when a test also takes ``device``, the dtypes fastnn supports there
-  (float32/float64 on cpu; plus float16/bfloat16 on cuda). Restrict a test with
+  (float32, float64, float16 and bfloat16 on both). Restrict a test with
   ``@pytest.mark.dtypes(torch.float64, ...)``.
 * Every test starts from ``torch.manual_seed(0)`` (autouse ``_seed``) and leaves the
   thread count, default dtype and TF32 flags as it found them.

@@ -18,10 +18,8 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def dtypes_for(device):
-    """The dtypes fastnn has kernels for on `device` (half types only on CUDA)."""
-    if device == "cuda":
-        return [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-    return [torch.float32, torch.float64]
+    """The dtypes fastnn has kernels for on `device` (the same four on cpu and cuda)."""
+    return [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 # ---------------------------------------------------------------------------------------
@@ -38,7 +36,7 @@ def dtypes_for(device):
 #            float32 round trip (1e-7) in a float64 path.
 #   float32: eps 6e-8; 1e-5 relative covers different summation orders and exp/log
 #            implementations (vectorised polynomials, ~2 ulp).
-#   float16/bfloat16 (CUDA only): one output rounding is 2^-11 / 2^-8 relative; native
+#   float16/bfloat16: one output rounding is 2^-11 / 2^-8 relative; native
 #            and fastnn may round a value near a rounding boundary in opposite directions
 #            (1 ulp = 9.8e-4 / 7.8e-3), and cuBLAS may reduce in reduced precision.
 TOLERANCES = {

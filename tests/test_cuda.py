@@ -1,7 +1,7 @@
-"""CUDA-only tests (skipped without a GPU or without fastnn's CUDA kernels): half dtypes
-against a float64 reference, CUDA vs fastnn's CPU kernels, autocast, TF32, a whole
-training step captured in a CUDA graph, bitwise run-to-run determinism, big shapes and
-non-default streams."""
+"""CUDA-only tests (skipped without a GPU or without fastnn's CUDA kernels): CUDA vs
+fastnn's CPU kernels, TF32, a whole training step captured in a CUDA graph, bitwise
+run-to-run determinism, big shapes and non-default streams. (Half dtypes and autocast,
+on both devices: test_half.py.)"""
 import copy
 
 import pytest
@@ -10,77 +10,11 @@ import torch.nn.functional as F
 
 import fastnn
 import fastnn.functional as FF
-from support import (CUDA_OK, CUDA_SKIP_REASON, HALF_DTYPES, assert_close, init_weight, randn,
+from support import (CUDA_OK, CUDA_SKIP_REASON, assert_close, init_weight, randn,
                      seed_mlp, synthetic_mnist)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not CUDA_OK, reason=CUDA_SKIP_REASON)]
 DEV = "cuda"
-
-
-# ----------------------------------------------------------------------------- half dtypes
-
-def _err(a, ref):
-    return (a.double() - ref).abs()
-
-
-def assert_no_worse_than_native(out, native, ref64, dtype, slack_ulps=2):
-    """Elementwise |fastnn - exact| <= 2 * |native - exact| + slack_ulps ulp(|exact|):
-    fastnn (float32 accumulation, one rounding) must be about as accurate as native."""
-    assert out.dtype == native.dtype == dtype and out.shape == native.shape
-    ulp = torch.finfo(dtype).eps * ref64.abs().clamp_min(torch.finfo(dtype).tiny * 2 ** 10)
-    bound = 2 * _err(native, ref64) + slack_ulps * ulp + 1e-6
-    bad = _err(out, ref64) > bound
-    assert not bad.any(), (f"{int(bad.sum())} elements less accurate than native: worst "
-                           f"{_err(out, ref64)[bad].max():.3e} vs native {_err(native, ref64)[bad].max():.3e}")
-
-
-@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["float16", "bfloat16"])
-@pytest.mark.parametrize("batch,fin,fout", [(64, 784, 256), (65, 257, 63), (1, 1000, 10), (300, 17, 513)])
-def test_half_linear_vs_float64_reference(dtype, batch, fin, fout):
-    x = randn(batch, fin, dtype=dtype, device=DEV)
-    w = init_weight(fout, fin, dtype=dtype, device=DEV)
-    b = randn(fout, dtype=dtype, device=DEV, scale=0.1)
-    g = randn(batch, fout, dtype=dtype, device=DEV)
-    outs = []
-    for fn in (F.linear, FF.linear):
-        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
-        y = fn(xs, ws, bs)
-        y.backward(g)
-        outs.append((y.detach(), xs.grad, ws.grad, bs.grad))
-    x64, w64, b64, g64 = (t.double() for t in (x, w, b, g))
-    refs = (F.linear(x64, w64, b64), g64 @ w64, g64.t() @ x64, g64.sum(0))
-    for native, fast, ref in zip(outs[0], outs[1], refs):
-        assert_no_worse_than_native(fast, native, ref, dtype)
-
-
-@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["float16", "bfloat16"])
-def test_half_log_softmax_and_losses_vs_float64_reference(dtype):
-    x = randn(64, 1000, dtype=dtype, device=DEV, scale=3)
-    t = torch.randint(0, 1000, (64,), device=DEV)
-    t[::5] = 7
-    w = (torch.rand(1000, device=DEV) + 0.5).to(dtype)
-    x64 = x.double()
-    assert_no_worse_than_native(FF.log_softmax(x, 1), F.log_softmax(x, 1), F.log_softmax(x64, 1), dtype)
-    for red in ("none", "sum", "mean"):
-        kw = dict(weight=w, ignore_index=7, reduction=red)
-        kw64 = dict(kw, weight=w.double())
-        assert_no_worse_than_native(FF.cross_entropy(x, t, **kw), F.cross_entropy(x, t, **kw),
-                                    F.cross_entropy(x64, t, **kw64), dtype, slack_ulps=4)
-        lp = F.log_softmax(x, 1)
-        assert_no_worse_than_native(FF.nll_loss(lp, t, **kw), F.nll_loss(lp, t, **kw),
-                                    F.nll_loss(lp.double(), t, **kw64), dtype, slack_ulps=4)
-
-
-@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["float16", "bfloat16"])
-def test_half_cross_entropy_outputs(dtype):
-    """Loss in the input dtype, lse kept in float32 (as the fake kernel says)."""
-    x = randn(8, 5, dtype=dtype, device=DEV)
-    t = torch.randint(0, 5, (8,), device=DEV)
-    loss, lse, tw = torch.ops.fastnn.cross_entropy_forward(x, t, None, 1, -100)
-    assert loss.dtype == dtype and lse.dtype == torch.float32 and lse.shape == (8, 2)
-    torch.testing.assert_close(lse[:, 0], x.float().amax(1), rtol=0, atol=0)
-    torch.testing.assert_close(lse.sum(1), torch.logsumexp(x.float(), 1), rtol=1e-5, atol=1e-5)
-    assert tw.item() == 8
 
 
 # ----------------------------------------------------------------------------- CUDA vs CPU
@@ -105,55 +39,6 @@ def test_cuda_matches_fastnn_cpu(dtype):
 
     for a, c in zip(pipeline("cuda"), pipeline("cpu")):
         assert_close(a, c, dtype, k=300)
-
-
-# ----------------------------------------------------------------------------- autocast
-
-def test_autocast_dtypes_like_native():
-    torch.manual_seed(0)
-    native = seed_mlp(torch.nn).to(DEV)
-    fast = fastnn.convert(copy.deepcopy(native))
-    x, t = synthetic_mnist(32, device=DEV)
-    with torch.autocast("cuda", dtype=torch.float16):
-        h0, h1 = native[0](x), fast[0](x)
-        assert h1.dtype == h0.dtype == torch.float16
-        y0, y1 = native(x), fast(x)
-        assert y1.dtype == y0.dtype == torch.float32  # log_softmax runs in float32
-        l0, l1 = F.nll_loss(y0, t), FF.nll_loss(y1, t)
-        assert l1.dtype == l0.dtype == torch.float32
-        logits0 = native[:-1](x)
-        logits1 = fast[:-1](x)
-        assert logits1.dtype == logits0.dtype == torch.float16
-        c0, c1 = F.cross_entropy(logits0, t), FF.cross_entropy(logits1, t)
-        assert c1.dtype == c0.dtype == torch.float32
-        q = torch.softmax(logits0.detach().float(), 1)
-        p0, p1 = F.cross_entropy(logits0, q), FF.cross_entropy(logits1, q)
-        assert p1.dtype == p0.dtype == torch.float32
-        ls0, ls1 = F.log_softmax(logits0, 1), FF.log_softmax(logits1, 1)
-        assert ls1.dtype == ls0.dtype == torch.float32
-    torch.testing.assert_close(h1, h0, rtol=5e-3, atol=5e-3)
-    torch.testing.assert_close(l1, l0, rtol=5e-3, atol=5e-3)
-    torch.testing.assert_close(c1, c0, rtol=5e-3, atol=5e-3)
-    torch.testing.assert_close(p1, p0, rtol=5e-3, atol=5e-3)
-    l1.backward()
-    l0.backward()
-    for p0, p1 in zip(native.parameters(), fast.parameters()):
-        assert p1.grad.dtype == torch.float32
-        torch.testing.assert_close(p1.grad, p0.grad, rtol=2e-2, atol=2e-3)
-    # float64 is left alone by autocast, as natively
-    with torch.autocast("cuda", dtype=torch.float16):
-        x64 = x.double()
-        assert FF.linear(x64, native[0].weight.double()).dtype == torch.float64
-
-
-def test_autocast_bfloat16_linear():
-    lin = fastnn.Linear(64, 32).to(DEV)
-    x = torch.randn(8, 64, device=DEV)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        y = lin(x)
-        y0 = F.linear(x, lin.weight, lin.bias)
-    assert y.dtype == y0.dtype == torch.bfloat16
-    torch.testing.assert_close(y, y0, rtol=4e-2, atol=2e-2)
 
 
 # ----------------------------------------------------------------------------- TF32

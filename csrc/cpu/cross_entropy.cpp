@@ -36,6 +36,9 @@
 //     serially in chunk order -> bitwise identical results for any thread count. A single
 //     chunk (small batches) runs inline: no parallel_for, no scratch allocation, and no
 //     .contiguous() copies for already dense inputs, to keep per-call overhead low.
+//   * float16 / bfloat16: the float32 kernels run on widened (exact) copies of the input,
+//     weight and grad_output; loss, total_weight and the gradient are rounded once, and
+//     lse stays float32 (as on CUDA).
 //   * Label smoothing adds, per counted position, one more pass over its C logits for the
 //     forward's smoothing term (AVX2 for contiguous rows, else scalar in double), and one
 //     vector term per class to the backward; eps = 0 leaves every path as it was.
@@ -50,6 +53,7 @@
 
 #include "fastnn/checks.h"
 #include "fastnn/cpu_common.h"
+#include "fastnn/cpu_convert.h"
 #include "fastnn/cpu_features.h"
 #include "fastnn/cpu_vec.h"
 #include "fastnn/dispatch.h"
@@ -427,6 +431,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
   constexpr const char* op = "cross_entropy_forward";
   const LossShape sh = check_loss_inputs(op, input, target, weight, reduction);
   check_label_smoothing(op, label_smoothing);
+  if (is_half(input)) {
+    // the float32 op on widened copies; loss and total_weight rounded once, lse kept in float32
+    auto [lf, lse, twf] = cross_entropy_forward_cpu(widened(input), target, widened_opt(weight),
+                                                    reduction, ignore_index, label_smoothing);
+    at::Tensor loss = dense_empty(lf.sizes(), input), total_weight = dense_empty({}, input);
+    narrow_into(lf, loss);
+    narrow_into(twf, total_weight);
+    return {loss, lse, total_weight};
+  }
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
@@ -435,7 +448,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
   at::Tensor total_weight = dense_empty({}, input);
   const Args a{sh.C, sh.S, ignore_index, label_smoothing};
 
-  FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastnn::cross_entropy_forward", [&] {
     const scalar_t* px = x->const_data_ptr<scalar_t>();
     const int64_t* pt = tg->const_data_ptr<int64_t>();
     const scalar_t* pw = weight_data<scalar_t>(*w);
@@ -462,6 +475,17 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
   check_label_smoothing(op, label_smoothing);
   const bool none = reduction == at::Reduction::None;
   check_lse(op, lse, input, target);
+  if (is_half(input)) {
+    // the float32 op on widened copies (lse is float32 already, as the forward returns
+    // it), the gradient rounded once
+    at::Tensor grad_input = dense_empty(input.sizes(), input);
+    narrow_into(cross_entropy_backward_cpu(widened(grad_output), widened(input), target,
+                                           widened_opt(weight), reduction, ignore_index,
+                                           lse.to(at::kFloat), widened(total_weight),
+                                           label_smoothing),
+                grad_input);
+    return grad_input;
+  }
   check_same_dtype(op, "lse", lse, "input", input);
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
@@ -472,7 +496,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
   if (sh.N * sh.S == 0 || grad_input.numel() == 0) return grad_input;
   Args a{sh.C, sh.S, ignore_index, label_smoothing};
 
-  FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastnn::cross_entropy_backward", [&] {
     const scalar_t* pw = weight_data<scalar_t>(*w);
     a.wsum = static_cast<double>(sh.C);
     if (pw && label_smoothing != 0) {

@@ -10,6 +10,8 @@
 //   dW = dY^T X      [out, in]                A = dY^T, B = X
 //   db = sum_m dY    [out]                    deterministic column sums
 //   Only the entries selected by output_mask are computed; the others are None.
+// float16 / bfloat16: the float32 op runs on widened (exact) copies of the operands
+// and each result is rounded once (cpu_convert.h), so products accumulate in float32.
 // Work split: the GEMM packs B, then splits C into row/column chunk tasks over
 // at::parallel_for threads (see gemm.cpp); small problems stay on the calling
 // thread. The column sums split columns over threads. Every output element is
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "fastnn/checks.h"
+#include "fastnn/cpu_convert.h"
 #include "fastnn/dispatch.h"
 #include "gemm.h"
 
@@ -61,6 +64,19 @@ void check_weight(const char* op, const at::Tensor& input, const at::Tensor& wei
               ", weight shape ", weight.sizes(), "); the last dim of input must equal weight.shape[1].");
 }
 
+// t widened to float32 when the op reads its values, else a float32 stand-in of t's
+// shape (a broadcast zero: no copy) for the shape checks.
+at::Tensor widened_if(bool read, const at::Tensor& t) {
+  return read ? widened(t) : at::Tensor(at::detail::empty_cpu({}, at::kFloat)).expand(t.sizes());
+}
+
+std::optional<at::Tensor> narrowed(const std::optional<at::Tensor>& f, const at::Tensor& like) {
+  if (!f.has_value()) return std::nullopt;
+  at::Tensor out = dense_empty(f->sizes(), like);
+  narrow_into(*f, out);
+  return out;
+}
+
 }  // namespace
 
 at::Tensor linear_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -82,6 +98,13 @@ at::Tensor linear_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                 bias->sizes(), ".");
     b = bias->contiguous();
   }
+  if (is_half(input)) {
+    const at::Tensor yf = linear_forward_cpu(widened(input), widened(weight),
+                                             has_bias ? std::optional<at::Tensor>(widened(b)) : std::nullopt);
+    at::Tensor y = dense_empty(yf.sizes(), input);
+    narrow_into(yf, y);
+    return y;
+  }
 
   const int64_t out_f = weight.size(0), in_f = weight.size(1);
   at::Tensor y = at::empty(out_shape(input, out_f), input.options().memory_format(at::MemoryFormat::Contiguous));
@@ -89,7 +112,7 @@ at::Tensor linear_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const int64_t M = x.size(0);
   if (M == 0 || out_f == 0) return y;
 
-  FASTNN_DISPATCH_CPU(input.scalar_type(), "linear_forward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "linear_forward_cpu", [&] {
     gemm<scalar_t>(M, out_f, in_f, x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1),
                    weight.const_data_ptr<scalar_t>(), weight.stride(1), weight.stride(0),
                    y.mutable_data_ptr<scalar_t>(), out_f,
@@ -119,6 +142,13 @@ linear_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                 weight.sizes(), ").");
   }
 
+  if (is_half(input)) {
+    // dx reads the weight, dW the input; db only grad_output
+    auto [gi, gw, gb] = linear_backward_cpu(widened(grad_output), widened_if(output_mask[1], input),
+                                            widened_if(output_mask[0], weight), output_mask);
+    return std::make_tuple(narrowed(gi, input), narrowed(gw, input), narrowed(gb, input));
+  }
+
   const auto opts = input.options().memory_format(at::MemoryFormat::Contiguous);
   std::optional<at::Tensor> grad_input, grad_weight, grad_bias;
   const at::Tensor dy = as_2d(grad_output);
@@ -127,7 +157,7 @@ linear_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
   if (output_mask[0]) {
     at::Tensor gi = at::empty(input.sizes(), opts);
     if (M > 0 && in_f > 0) {
-      FASTNN_DISPATCH_CPU(grad_output.scalar_type(), "linear_backward_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "linear_backward_cpu", [&] {
         // dx[M, in] = dY[M, out] * W[out, in]
         gemm<scalar_t>(M, in_f, out_f, dy.const_data_ptr<scalar_t>(), dy.stride(0), dy.stride(1),
                        weight.const_data_ptr<scalar_t>(), weight.stride(0), weight.stride(1),
@@ -140,7 +170,7 @@ linear_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
     at::Tensor gw = at::empty({out_f, in_f}, opts);
     if (out_f > 0 && in_f > 0) {
       const at::Tensor x = as_2d(input);
-      FASTNN_DISPATCH_CPU(grad_output.scalar_type(), "linear_backward_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "linear_backward_cpu", [&] {
         // dW[out, in] = dY^T[out, M] * X[M, in]   (M == 0: zeros)
         gemm<scalar_t>(out_f, in_f, M, dy.const_data_ptr<scalar_t>(), dy.stride(1), dy.stride(0),
                        x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1),
@@ -153,7 +183,7 @@ linear_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
     at::Tensor gb = at::empty({out_f}, opts);
     if (out_f > 0) {
       const at::Tensor d = (M == 0 || dy.stride(1) == 1) ? dy : dy.contiguous();
-      FASTNN_DISPATCH_CPU(grad_output.scalar_type(), "linear_backward_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "linear_backward_cpu", [&] {
         col_sum<scalar_t>(M, out_f, d.const_data_ptr<scalar_t>(), d.stride(0),
                           gb.mutable_data_ptr<scalar_t>());
       });

@@ -23,7 +23,8 @@
 //
 // Vectorisation: AVX2+FMA (fastnn::vec::exp_ps / exp_pd polynomials, masked loads
 // for row tails) chosen at run time with cpu_has_avx2_fma(); portable scalar
-// fallback with std::exp / std::log otherwise. The AVX2 path accumulates float sums
+// fallback with std::exp / std::log otherwise. float16 / bfloat16: the float32 kernel on a
+// widened (exact) copy, the output rounded once (cpu_convert.h). The AVX2 path accumulates float sums
 // in float lanes (like torch), the scalar path in double; double stays double end to end.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -35,6 +36,7 @@
 
 #include "fastnn/checks.h"
 #include "fastnn/cpu_common.h"
+#include "fastnn/cpu_convert.h"
 #include "fastnn/cpu_features.h"
 #include "fastnn/cpu_vec.h"
 #include "fastnn/dispatch.h"
@@ -284,8 +286,12 @@ at::Tensor log_softmax_forward_cpu(const at::Tensor& input, int64_t dim) {
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   at::Tensor y = dense_empty(input.sizes(), input);
   if (input.numel() == 0) return y;
+  if (is_half(input)) {
+    narrow_into(log_softmax_forward_cpu(widened(input), d), y);
+    return y;
+  }
   const Geometry g = geometry(*x, d);
-  FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::log_softmax_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastnn::log_softmax_forward", [&] {
     forward_impl<scalar_t>(x->data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g);
   });
   return y;
@@ -300,8 +306,12 @@ at::Tensor log_softmax_backward_cpu(const at::Tensor& grad_output, const at::Ten
   const c10::MaybeOwned<at::Tensor> y = output.expect_contiguous();
   at::Tensor dx = dense_empty(output.sizes(), output);
   if (output.numel() == 0) return dx;
+  if (is_half(output)) {
+    narrow_into(log_softmax_backward_cpu(widened(grad_output), widened(output), d), dx);
+    return dx;
+  }
   const Geometry g = geometry(*y, d);
-  FASTNN_DISPATCH_CPU(output.scalar_type(), "fastnn::log_softmax_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "fastnn::log_softmax_backward", [&] {
     backward_impl<scalar_t>(dy->data_ptr<scalar_t>(), y->data_ptr<scalar_t>(),
                             dx.data_ptr<scalar_t>(), g);
   });

@@ -10,6 +10,8 @@
 //             sum:  sum of loss;  mean: sum of loss / total_weight (NaN when all are
 //             ignored or the batch is empty, like torch).
 // Targets outside [0, C) other than ignore_index raise IndexError.
+// float16 / bfloat16: each -w[t] * input is computed in float32 (exactly: a product of
+// two half-type values fits) and rounded once; the sums accumulate in double as for float32.
 //
 // Backward: grad_input is zero except grad_input[n, t, s] = -w[t] * g with
 // g = grad_output (sum), grad_output / total_weight (mean), grad_output[n, s] (none).

@@ -14,9 +14,17 @@
 // in chunks of at least 32K elements (small tensors run on the calling thread); each
 // chunk is processed with AVX2 (8 floats / 4 doubles per instruction, masked tail)
 // when the CPU has it, else a scalar loop the compiler auto-vectorises.
+// float16 / bfloat16 are handled on their bits, exactly: x < 0 means sign set and
+// 0 < |x| <= inf (so not -0.0 and not NaN); y <= 0 means |y| == 0 or that. The loops
+// are branch-free 16-bit integer code that the compiler vectorises (16 lanes in the
+// AVX2-targeted copy, 8 with baseline SSE2).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
 #include <torch/library.h>
+
+#include <cstdint>
+#include <type_traits>
 
 #include "fastnn/checks.h"
 #include "fastnn/cpu_common.h"
@@ -38,6 +46,64 @@ void relu_scalar(const T* x, T* y, int64_t n) {
 template <typename T>
 void relu_bwd_scalar(const T* dy, const T* y, T* dx, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] = y[i] <= T(0) ? T(0) : dy[i];
+}
+
+// ---------------------------------------------------------------- 16-bit floats
+// The bits of +inf: |x| above it is NaN.
+template <typename T>
+constexpr uint16_t kInfBits = std::is_same_v<T, c10::BFloat16> ? 0x7F80 : 0x7C00;
+
+template <uint16_t kInf>
+inline __attribute__((always_inline)) void relu_bits(const uint16_t* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t v = x[i];
+    const bool neg = (v & 0x8000) && static_cast<uint16_t>((v & 0x7FFF) - 1) < kInf;
+    y[i] = neg ? 0 : v;
+  }
+}
+
+template <uint16_t kInf>
+inline __attribute__((always_inline)) void relu_bwd_bits(const uint16_t* dy, const uint16_t* y,
+                                                         uint16_t* dx, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t v = y[i], mag = v & 0x7FFF;
+    const bool le0 = mag == 0 || ((v & 0x8000) && mag <= kInf);
+    dx[i] = le0 ? 0 : dy[i];
+  }
+}
+
+#if FASTNN_HAVE_X86
+template <uint16_t kInf>
+FASTNN_TARGET_AVX2 void relu_bits_avx2(const uint16_t* x, uint16_t* y, int64_t n) {
+  relu_bits<kInf>(x, y, n);
+}
+
+template <uint16_t kInf>
+FASTNN_TARGET_AVX2 void relu_bwd_bits_avx2(const uint16_t* dy, const uint16_t* y, uint16_t* dx,
+                                           int64_t n) {
+  relu_bwd_bits<kInf>(dy, y, dx, n);
+}
+#endif
+
+template <typename T>
+void relu_half(const T* x, T* y, int64_t n) {
+  const auto* xb = reinterpret_cast<const uint16_t*>(x);
+  auto* yb = reinterpret_cast<uint16_t*>(y);
+#if FASTNN_HAVE_X86
+  if (cpu_has_avx2_fma()) return relu_bits_avx2<kInfBits<T>>(xb, yb, n);
+#endif
+  relu_bits<kInfBits<T>>(xb, yb, n);
+}
+
+template <typename T>
+void relu_bwd_half(const T* dy, const T* y, T* dx, int64_t n) {
+  const auto* dyb = reinterpret_cast<const uint16_t*>(dy);
+  const auto* yb = reinterpret_cast<const uint16_t*>(y);
+  auto* dxb = reinterpret_cast<uint16_t*>(dx);
+#if FASTNN_HAVE_X86
+  if (cpu_has_avx2_fma()) return relu_bwd_bits_avx2<kInfBits<T>>(dyb, yb, dxb, n);
+#endif
+  relu_bwd_bits<kInfBits<T>>(dyb, yb, dxb, n);
 }
 
 #if FASTNN_HAVE_X86
@@ -80,11 +146,27 @@ FASTNN_TARGET_AVX2 void relu_bwd_avx2(const typename A::T* dy, const typename A:
 template <typename T>
 void relu_impl(const T* x, T* y, int64_t n) {
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
+    if constexpr (is_half_v<T>) {
+      relu_half(x + b, y + b, e - b);
+    } else {
 #if FASTNN_HAVE_X86
-    if (cpu_has_avx2_fma()) return relu_avx2<typename vec::Avx2Of<T>::type>(x + b, y + b, e - b);
+      if (cpu_has_avx2_fma()) return relu_avx2<typename vec::Avx2Of<T>::type>(x + b, y + b, e - b);
 #endif
-    relu_scalar(x + b, y + b, e - b);
+      relu_scalar(x + b, y + b, e - b);
+    }
   });
+}
+
+template <typename T>
+void relu_bwd_range(const T* dy, const T* y, T* dx, int64_t n) {
+  if constexpr (is_half_v<T>) {
+    relu_bwd_half(dy, y, dx, n);
+  } else {
+#if FASTNN_HAVE_X86
+    if (cpu_has_avx2_fma()) return relu_bwd_avx2<typename vec::Avx2Of<T>::type>(dy, y, dx, n);
+#endif
+    relu_bwd_scalar(dy, y, dx, n);
+  }
 }
 
 void relu_dense(const at::Tensor& x, const at::Tensor& y) {
@@ -128,13 +210,8 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& ou
     const scalar_t* pdy = dy.const_data_ptr<scalar_t>();
     const scalar_t* py = y.const_data_ptr<scalar_t>();
     scalar_t* pdx = dx.data_ptr<scalar_t>();
-    at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-#if FASTNN_HAVE_X86
-      if (cpu_has_avx2_fma())
-        return relu_bwd_avx2<typename vec::Avx2Of<scalar_t>::type>(pdy + b, py + b, pdx + b, e - b);
-#endif
-      relu_bwd_scalar(pdy + b, py + b, pdx + b, e - b);
-    });
+    at::parallel_for(0, n, kGrain,
+                     [&](int64_t b, int64_t e) { relu_bwd_range(pdy + b, py + b, pdx + b, e - b); });
   });
   return dx;
 }

@@ -2,7 +2,7 @@
 //
 // Every message names the op, the argument and what the user should do, e.g.
 //   fastnn::linear_forward: `input` has dtype Long, but fastnn supports
-//   float32 and float64 on cpu; convert it first (for example `input.float()`).
+//   float32, float64, float16 and bfloat16; convert it first (for example `input.float()`).
 #pragma once
 
 #include <ATen/MemoryOverlap.h>
@@ -11,23 +11,16 @@
 
 namespace fastnn {
 
-// Floating dtypes with a fastnn kernel on the tensor's device: float32 and
-// float64 everywhere, float16 and bfloat16 on CUDA.
+// Floating dtypes with a fastnn kernel (CPU and CUDA): float32, float64, float16, bfloat16.
 inline bool dtype_supported(const at::Tensor& t) {
   const auto s = t.scalar_type();
-  if (s == at::kFloat || s == at::kDouble) return true;
-  return t.is_cuda() && (s == at::kHalf || s == at::kBFloat16);
-}
-
-inline const char* supported_dtypes(const at::Tensor& t) {
-  return t.is_cuda() ? "float32, float64, float16 and bfloat16" : "float32 and float64";
+  return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
 }
 
 inline void check_floating(const char* op, const char* arg, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), "fastnn::", op, ": `", arg, "` is an undefined tensor.");
   TORCH_CHECK(dtype_supported(t), "fastnn::", op, ": `", arg, "` has dtype ", t.scalar_type(),
-              ", but fastnn supports ", supported_dtypes(t), " on ", t.device().type(),
-              "; convert it first (for example `", arg, ".float()`).");
+              ", but fastnn supports float32, float64, float16 and bfloat16; convert it first (for example `", arg, ".float()`).");
 }
 
 inline void check_same_dtype(const char* op, const char* arg, const at::Tensor& t,

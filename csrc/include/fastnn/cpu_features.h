@@ -1,7 +1,7 @@
 // Run-time CPU feature detection for the hand-vectorised CPU kernels.
 //
-// The extension is compiled for the baseline x86-64 ISA; kernels that use AVX2
-// and FMA are compiled with __attribute__((target("avx2,fma"))) and chosen
+// The extension is compiled for the baseline x86-64 ISA; kernels that use AVX2,
+// FMA and F16C are compiled with __attribute__((target("avx2,fma,f16c"))) and chosen
 // here at run time, so one build runs on every x86-64 CPU (no -march=native).
 #pragma once
 
@@ -18,7 +18,9 @@ inline bool cpu_has_avx2_fma() {
   static const bool has = [] {
     const char* cap = std::getenv("ATEN_CPU_CAPABILITY");
     if (cap != nullptr && std::strcmp(cap, "default") == 0) return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    // F16C (float16 <-> float32 conversions) ships with every AVX2 CPU; checked anyway.
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
   }();
   return has;
 #else
@@ -29,7 +31,7 @@ inline bool cpu_has_avx2_fma() {
 }  // namespace fastnn
 
 #if defined(__x86_64__) || defined(__i386__)
-#define FASTNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FASTNN_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define FASTNN_HAVE_X86 1
 #else
 #define FASTNN_TARGET_AVX2

@@ -12,6 +12,7 @@
 //   exp_pd(x)            4 x exp in double precision (~1 ulp), same special cases.
 //   hmax_ps / hsum_ps / hsum_pd, hsum_ps_as_double   horizontal reductions.
 //   tail_mask_ps(n)      lane mask for the first n (0..8) lanes, for maskload/maskstore.
+//   bf16_to_ps, ps_to_bf16, f16_to_ps, ps_to_f16   8 x 16-bit float <-> 8 x float.
 //   F32x8 / F64x4        traits wrapping one AVX2 register (load/store/masked tails/exp/log...)
 //                        so kernels are written once as template <class A>.
 //   row_max<A>, row_sumexp<A>   max / sum exp(x - m) of a contiguous row (masked tail).
@@ -64,6 +65,29 @@ FASTNN_VEC_INLINE __m256 load_tail_ps(const float* p, int64_t n, float fill) {
 
 FASTNN_VEC_INLINE void store_tail_ps(float* p, int64_t n, __m256 v) {
   _mm256_maskstore_ps(p, tail_mask_ps(n), v);
+}
+
+// ------------------------------------------------------------------ 16-bit floats
+// 8 float16 / bfloat16 values (raw bits) <-> 8 floats. Widening is exact; narrowing
+// rounds to nearest even, as c10::Half / c10::BFloat16 do (a NaN stays a NaN).
+FASTNN_VEC_INLINE __m256 bf16_to_ps(__m128i h) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+FASTNN_VEC_INLINE __m128i ps_to_bf16(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(nan));
+  // every lane is in [0, 0xFFFF], so the saturating pack keeps it as it is
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+FASTNN_VEC_INLINE __m256 f16_to_ps(__m128i h) { return _mm256_cvtph_ps(h); }
+
+FASTNN_VEC_INLINE __m128i ps_to_f16(__m256 v) {
+  return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
 // ------------------------------------------------------------------ exp
