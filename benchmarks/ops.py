@@ -10,7 +10,7 @@ Ops and shapes (``shape`` is (M, K, N) for linear -- x (M, K), W (N, K) -- else 
     cross_entropy_ls   cross_entropy with label_smoothing=0.1: (64, 10) and the large shape
 
 cross_entropy is compared with both native log_softmax + nll_loss and F.cross_entropy.
-dtypes: float32 + float64 on CPU; float32, bfloat16, float16 on CUDA.
+dtypes: float32, float64 and bfloat16 (CPU autocast's dtype) on CPU; float32, bfloat16, float16 on CUDA.
 
 Modes: ``fwd`` is the forward call with autograd recording (inputs require grad, as in
 training); ``bwd`` is torch.autograd.grad on a retained graph (the backward kernels
@@ -160,7 +160,7 @@ def cases(device: str, quick: bool) -> List[Case]:
         dtypes = (torch.float32, torch.bfloat16, torch.float16)
         big_linear, big_2d = [(4096, 4096, 4096), (8192, 4096, 4096)], [(8192, 4096)]
     else:
-        dtypes = (torch.float32, torch.float64)
+        dtypes = (torch.float32, torch.float64, torch.bfloat16)
         big_linear, big_2d = [(1024, 1024, 1024)], [(1024, 1024)]
     out = []
     for dtype in dtypes:

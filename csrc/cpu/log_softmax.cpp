@@ -23,8 +23,9 @@
 //
 // Vectorisation: AVX2+FMA (fastnn::vec::exp_ps / exp_pd polynomials, masked loads
 // for row tails) chosen at run time with cpu_has_avx2_fma(); portable scalar
-// fallback with std::exp / std::log otherwise. float16 / bfloat16: the float32 kernel on a
-// widened (exact) copy, the output rounded once (cpu_convert.h). The AVX2 path accumulates float sums
+// fallback with std::exp / std::log otherwise. float16 / bfloat16 run the float32 code:
+// loads widen 8 values to floats, stores round once (vec::Half16x8; the scalar path
+// computes in acc_t<T> = float). The AVX2 path accumulates float sums
 // in float lanes (like torch), the scalar path in double; double stays double end to end.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -36,7 +37,6 @@
 
 #include "fastnn/checks.h"
 #include "fastnn/cpu_common.h"
-#include "fastnn/cpu_convert.h"
 #include "fastnn/cpu_features.h"
 #include "fastnn/cpu_vec.h"
 #include "fastnn/dispatch.h"
@@ -63,22 +63,26 @@ Geometry geometry(const at::Tensor& t, int64_t dim) {
 }
 
 // ---------------------------------------------------------------- scalar fallback
+// C = acc_t<T>: half types are computed in float and rounded once when stored.
 template <typename T>
 void fwd_row_scalar(const T* x, T* y, int64_t D, int64_t stride) {
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t i = 0; i < D; ++i) m = std::max(m, x[i * stride]);
+  using C = acc_t<T>;
+  C m = -std::numeric_limits<C>::infinity();
+  for (int64_t i = 0; i < D; ++i) m = std::max(m, static_cast<C>(x[i * stride]));
   double s = 0;  // scalar path: sum in double
-  for (int64_t i = 0; i < D; ++i) s += static_cast<double>(std::exp(x[i * stride] - m));
-  const T ls = static_cast<T>(std::log(s));
-  for (int64_t i = 0; i < D; ++i) y[i * stride] = x[i * stride] - m - ls;
+  for (int64_t i = 0; i < D; ++i) s += static_cast<double>(std::exp(static_cast<C>(x[i * stride]) - m));
+  const C ls = static_cast<C>(std::log(s));
+  for (int64_t i = 0; i < D; ++i) y[i * stride] = static_cast<T>(static_cast<C>(x[i * stride]) - m - ls);
 }
 
 template <typename T>
 void bwd_row_scalar(const T* dy, const T* y, T* dx, int64_t D, int64_t stride) {
+  using C = acc_t<T>;
   double sd = 0;  // scalar path: sum in double
   for (int64_t i = 0; i < D; ++i) sd += static_cast<double>(dy[i * stride]);
-  const T s = static_cast<T>(sd);
-  for (int64_t i = 0; i < D; ++i) dx[i * stride] = dy[i * stride] - std::exp(y[i * stride]) * s;
+  const C s = static_cast<C>(sd);
+  for (int64_t i = 0; i < D; ++i)
+    dx[i * stride] = static_cast<T>(static_cast<C>(dy[i * stride]) - std::exp(static_cast<C>(y[i * stride])) * s);
 }
 
 #if FASTNN_HAVE_X86
@@ -89,8 +93,8 @@ template <class A>
 FASTNN_TARGET_AVX2 void fwd_row_avx2(const typename A::T* x, typename A::T* y, int64_t D) {
   using V = typename A::V;
   constexpr int64_t W = A::W;
-  const typename A::T m = vec::row_max<A>(x, D);            // pass 1
-  const typename A::T ls = std::log(vec::row_sumexp<A>(x, D, m));  // pass 2
+  const typename A::C m = vec::row_max<A>(x, D);            // pass 1
+  const typename A::C ls = std::log(vec::row_sumexp<A>(x, D, m));  // pass 2
   const V vm = A::set1(m), vl = A::set1(ls);                // pass 3: y = x - max - log(sum)
   int64_t i = 0;
   for (; i + W <= D; i += W) A::store(y + i, A::sub(A::sub(A::load(x + i), vm), vl));
@@ -132,12 +136,13 @@ template <class A>
 FASTNN_TARGET_AVX2 void fwd_cols_avx2(const typename A::T* x, typename A::T* y, int64_t D,
                                       int64_t inner, int64_t w) {
   using T = typename A::T;
+  using C = typename A::C;
   constexpr int64_t W = A::W;
-  alignas(32) T mb[kColBlock], sb[kColBlock];
+  alignas(32) C mb[kColBlock], sb[kColBlock];
   const int64_t nv = w / W, rem = w - nv * W, nvr = nv + (rem ? 1 : 0);
   const __m256i tm = A::mask(rem);
   for (int64_t v = 0; v < nvr; ++v) {
-    A::store(mb + v * W, A::set1(-std::numeric_limits<T>::infinity()));
+    A::store(mb + v * W, A::set1(-std::numeric_limits<C>::infinity()));
     A::store(sb + v * W, A::zero());
   }
   // masked tail lanes read 0 and only ever feed lanes that are never stored
@@ -171,8 +176,9 @@ template <class A>
 FASTNN_TARGET_AVX2 void bwd_cols_avx2(const typename A::T* dy, const typename A::T* y,
                                       typename A::T* dx, int64_t D, int64_t inner, int64_t w) {
   using T = typename A::T;
+  using C = typename A::C;
   constexpr int64_t W = A::W;
-  alignas(32) T sb[kColBlock];
+  alignas(32) C sb[kColBlock];
   const int64_t nv = w / W, rem = w - nv * W, nvr = nv + (rem ? 1 : 0);
   const __m256i tm = A::mask(rem);
   for (int64_t v = 0; v < nvr; ++v) A::store(sb + v * W, A::zero());
@@ -286,12 +292,8 @@ at::Tensor log_softmax_forward_cpu(const at::Tensor& input, int64_t dim) {
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   at::Tensor y = dense_empty(input.sizes(), input);
   if (input.numel() == 0) return y;
-  if (is_half(input)) {
-    narrow_into(log_softmax_forward_cpu(widened(input), d), y);
-    return y;
-  }
   const Geometry g = geometry(*x, d);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastnn::log_softmax_forward", [&] {
+  FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::log_softmax_forward", [&] {
     forward_impl<scalar_t>(x->data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), g);
   });
   return y;
@@ -306,12 +308,8 @@ at::Tensor log_softmax_backward_cpu(const at::Tensor& grad_output, const at::Ten
   const c10::MaybeOwned<at::Tensor> y = output.expect_contiguous();
   at::Tensor dx = dense_empty(output.sizes(), output);
   if (output.numel() == 0) return dx;
-  if (is_half(output)) {
-    narrow_into(log_softmax_backward_cpu(widened(grad_output), widened(output), d), dx);
-    return dx;
-  }
   const Geometry g = geometry(*y, d);
-  AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "fastnn::log_softmax_backward", [&] {
+  FASTNN_DISPATCH_CPU(output.scalar_type(), "fastnn::log_softmax_backward", [&] {
     backward_impl<scalar_t>(dy->data_ptr<scalar_t>(), y->data_ptr<scalar_t>(),
                             dx.data_ptr<scalar_t>(), g);
   });

@@ -15,6 +15,8 @@
 //   bf16_to_ps, ps_to_bf16, f16_to_ps, ps_to_f16   8 x 16-bit float <-> 8 x float.
 //   F32x8 / F64x4        traits wrapping one AVX2 register (load/store/masked tails/exp/log...)
 //                        so kernels are written once as template <class A>.
+//   Half16x8<H>          float16 / bfloat16 in memory, F32x8 in registers (A::T is the
+//                        element type in memory, A::C the scalar type computed in).
 //   row_max<A>, row_sumexp<A>   max / sum exp(x - m) of a contiguous row (masked tail).
 //   cols_max_sumexp<A>   the same for W adjacent columns of a [rows, stride] block.
 //
@@ -23,9 +25,14 @@
 // log-softmax row / log-sum-exp) NaN, matching torch.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "fastnn/cpu_features.h"
 
@@ -268,7 +275,8 @@ FASTNN_VEC_INLINE double hsum_ps_as_double(__m256 v) {
 // F32x8 / F64x4 wrap one AVX2 register of float / double behind one interface so
 // kernels can be written once as templates over the trait (template <class A>).
 struct F32x8 {
-  using T = float;
+  using T = float;  // the element type in memory
+  using C = float;  // the scalar type computed in
   using V = __m256;
   static constexpr int64_t W = 8;
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V load(const T* p) { return _mm256_loadu_ps(p); }
@@ -316,6 +324,7 @@ struct F32x8 {
 
 struct F64x4 {
   using T = double;
+  using C = double;
   using V = __m256d;
   static constexpr int64_t W = 4;
   FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V load(const T* p) { return _mm256_loadu_pd(p); }
@@ -360,6 +369,47 @@ struct F64x4 {
   }
 };
 
+// Half16x8<H>: 8 float16 / bfloat16 values in memory, computed as 8 floats: F32x8's
+// arithmetic, with loads of H that widen (exactly) and stores to H that round to nearest
+// even. Loads and stores of float (kernels' scratch) are F32x8's. Masked loads and stores
+// (masks from mask(n): the first n lanes) go through an 8-element buffer, as AVX2 has no
+// 16-bit masked moves.
+template <typename H>
+struct Half16x8 : F32x8 {
+  using T = H;
+  using C = float;
+  using F32x8::load;
+  using F32x8::mload;
+  using F32x8::mstore;
+  using F32x8::store;
+  static constexpr bool kBf16 = std::is_same_v<H, c10::BFloat16>;
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V widen(__m128i h) {
+    return kBf16 ? bf16_to_ps(h) : f16_to_ps(h);
+  }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static __m128i narrow(V v) {
+    return kBf16 ? ps_to_bf16(v) : ps_to_f16(v);
+  }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V load(const H* p) {
+    return widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static void store(H* p, V v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow(v));
+  }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static int lanes(__m256i m) {
+    return __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(m))));
+  }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V mload(const H* p, __m256i m) {
+    alignas(16) uint16_t b[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // lanes outside the mask read 0
+    std::memcpy(b, p, sizeof(H) * lanes(m));
+    return widen(_mm_load_si128(reinterpret_cast<const __m128i*>(b)));
+  }
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static void mstore(H* p, __m256i m, V v) {
+    alignas(16) uint16_t b[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(b), narrow(v));
+    std::memcpy(p, b, sizeof(H) * lanes(m));
+  }
+};
+
 template <typename T>
 struct Avx2Of;
 template <>
@@ -370,14 +420,22 @@ template <>
 struct Avx2Of<double> {
   using type = F64x4;
 };
+template <>
+struct Avx2Of<c10::Half> {
+  using type = Half16x8<c10::Half>;
+};
+template <>
+struct Avx2Of<c10::BFloat16> {
+  using type = Half16x8<c10::BFloat16>;
+};
 
 // ------------------------------------------------------------------ row reductions
 // Max of x[0..n), n >= 1 (NaN lanes may or may not win; see the file comment).
 template <class A>
-FASTNN_VEC_INLINE typename A::T row_max(const typename A::T* x, int64_t n) {
+FASTNN_VEC_INLINE typename A::C row_max(const typename A::T* x, int64_t n) {
   using V = typename A::V;
   constexpr int64_t W = A::W;
-  const typename A::T ninf = -std::numeric_limits<typename A::T>::infinity();
+  const typename A::C ninf = -std::numeric_limits<typename A::C>::infinity();
   V m0 = A::set1(ninf), m1 = m0, m2 = m0, m3 = m0;
   int64_t i = 0;
   for (; i + 4 * W <= n; i += 4 * W) {
@@ -396,8 +454,8 @@ FASTNN_VEC_INLINE typename A::T row_max(const typename A::T* x, int64_t n) {
 
 // sum exp(x[i] - m) over [0, n), accumulated in the input precision (like torch).
 template <class A>
-FASTNN_VEC_INLINE typename A::T row_sumexp(const typename A::T* x, int64_t n,
-                                                   typename A::T m) {
+FASTNN_VEC_INLINE typename A::C row_sumexp(const typename A::T* x, int64_t n,
+                                                   typename A::C m) {
   using V = typename A::V;
   constexpr int64_t W = A::W;
   const V vm = A::set1(m);
@@ -425,7 +483,7 @@ FASTNN_VEC_INLINE void cols_max_sumexp(const typename A::T* x, int64_t rows,
                                                int64_t stride, int64_t w, typename A::V& vmax,
                                                typename A::V& vsum) {
   using V = typename A::V;
-  const V ninf = A::set1(-std::numeric_limits<typename A::T>::infinity());
+  const V ninf = A::set1(-std::numeric_limits<typename A::C>::infinity());
   if (w == A::W) {
     V m0 = ninf, m1 = ninf;
     int64_t r = 0;
@@ -450,7 +508,7 @@ FASTNN_VEC_INLINE void cols_max_sumexp(const typename A::T* x, int64_t rows,
     V s = A::zero();
     for (int64_t r = 0; r < rows; ++r) s = A::add(s, A::exp_nonpos(A::sub(A::mload(x + r * stride, tm), m)));
     vmax = m;
-    vsum = A::mfill(s, tm, typename A::T(1));
+    vsum = A::mfill(s, tm, typename A::C(1));
   }
 }
 
