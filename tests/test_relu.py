@@ -77,6 +77,17 @@ def test_relu_special_values(device, dtype):
     assert torch.equal(x1.grad[finite], x0.grad[finite])
 
 
+def test_relu_backward_special_values(device, dtype):
+    """dx = (y <= 0) ? 0 : dy, exactly aten's threshold_backward: for y = +-0, +-inf,
+    NaN, tiny and ordinary values (a NaN y passes the gradient)."""
+    vals = [float("nan"), -0.0, 0.0, float("inf"), float("-inf"), -1.0, 1.0, 1e-30, -1e-30,
+            float("nan"), 3.0, -5.0]
+    y = torch.tensor(vals * 3, dtype=dtype, device=device)  # > 32 elements: vector + tail
+    dy = randn(y.numel(), dtype=dtype, device=device)
+    want = torch.ops.aten.threshold_backward(dy, y, 0)
+    assert torch.equal(torch.ops.fastnn.relu_backward(dy, y), want)
+
+
 @pytest.mark.parametrize("shape", [(5, 7), (3, 4, 5), (100003,), (0, 3)], ids=str)
 def test_relu_inplace_functional(device, dtype, shape):
     x = randn(*shape, dtype=dtype, device=device)

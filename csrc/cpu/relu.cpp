@@ -55,10 +55,11 @@ constexpr uint16_t kInfBits = std::is_same_v<T, c10::BFloat16> ? 0x7F80 : 0x7C00
 
 template <uint16_t kInf>
 inline __attribute__((always_inline)) void relu_bits(const uint16_t* x, uint16_t* y, int64_t n) {
+  // bitwise (no short-circuit) so that the loop vectorises
   for (int64_t i = 0; i < n; ++i) {
     const uint16_t v = x[i];
-    const bool neg = (v & 0x8000) && static_cast<uint16_t>((v & 0x7FFF) - 1) < kInf;
-    y[i] = neg ? 0 : v;
+    const uint16_t neg = (v >> 15) & static_cast<uint16_t>(static_cast<uint16_t>((v & 0x7FFF) - 1) < kInf);
+    y[i] = v & static_cast<uint16_t>(neg - 1);  // neg: 0, else v
   }
 }
 
@@ -67,8 +68,8 @@ inline __attribute__((always_inline)) void relu_bwd_bits(const uint16_t* dy, con
                                                          uint16_t* dx, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const uint16_t v = y[i], mag = v & 0x7FFF;
-    const bool le0 = mag == 0 || ((v & 0x8000) && mag <= kInf);
-    dx[i] = le0 ? 0 : dy[i];
+    const uint16_t le0 = static_cast<uint16_t>(mag == 0) | ((v >> 15) & static_cast<uint16_t>(mag <= kInf));
+    dx[i] = dy[i] & static_cast<uint16_t>(le0 - 1);  // le0: 0, else dy
   }
 }
 
