@@ -36,9 +36,8 @@
 //     serially in chunk order -> bitwise identical results for any thread count. A single
 //     chunk (small batches) runs inline: no parallel_for, no scratch allocation, and no
 //     .contiguous() copies for already dense inputs, to keep per-call overhead low.
-//   * float16 / bfloat16: the float32 kernels run on widened (exact) copies of the input,
-//     weight and grad_output; loss, total_weight and the gradient are rounded once, and
-//     lse stays float32 (as on CUDA).
+//   * float16 / bfloat16 run the float32 code (vec::Half16x8: loads widen, stores round
+//     once; the scalar path computes in acc_t<T> = float); lse is float32 (as on CUDA).
 //   * Label smoothing adds, per counted position, one more pass over its C logits for the
 //     forward's smoothing term (AVX2 for contiguous rows, else scalar in double), and one
 //     vector term per class to the backward; eps = 0 leaves every path as it was.
@@ -53,7 +52,6 @@
 
 #include "fastnn/checks.h"
 #include "fastnn/cpu_common.h"
-#include "fastnn/cpu_convert.h"
 #include "fastnn/cpu_features.h"
 #include "fastnn/cpu_vec.h"
 #include "fastnn/dispatch.h"
@@ -77,7 +75,7 @@ struct Args {
 // weights 1), in two vector accumulators; masked tail lanes add exactly 0.
 template <class A>
 FASTNN_TARGET_AVX2 double row_weighted_logp_avx2(const typename A::T* x, const typename A::T* w,
-                                                 int64_t C, typename A::T m, typename A::T ls) {
+                                                 int64_t C, typename A::C m, typename A::C ls) {
   using V = typename A::V;
   constexpr int64_t W = A::W;
   const V vm = A::set1(m), vls = A::set1(ls);
@@ -105,8 +103,8 @@ FASTNN_TARGET_AVX2 double row_weighted_logp_avx2(const typename A::T* x, const t
 // -eps / C * sum_c w[c] * log_softmax(x)[c] added to (1 - eps) * the target's term: the
 // label-smoothed loss of the position whose logits start at x_ns (stride S). Contiguous
 // rows take the AVX2 sum when the CPU has it; otherwise one scalar pass in double.
-template <typename T>
-inline T smoothed_loss(T nll, const T* x_ns, const T* w, T m, T ls, const Args& a) {
+template <typename T, typename C = acc_t<T>>
+inline C smoothed_loss(C nll, const T* x_ns, const T* w, C m, C ls, const Args& a) {
   double s = 0;
 #if FASTNN_HAVE_X86
   if (a.S == 1 && cpu_has_avx2_fma()) {
@@ -115,53 +113,53 @@ inline T smoothed_loss(T nll, const T* x_ns, const T* w, T m, T ls, const Args& 
 #endif
   {
     for (int64_t c = 0; c < a.C; ++c) {
-      const double lp = static_cast<double>((x_ns[c * a.S] - m) - ls);
+      const double lp = static_cast<double>((static_cast<C>(x_ns[c * a.S]) - m) - ls);
       s += w ? static_cast<double>(w[c]) * lp : lp;
     }
   }
-  return static_cast<T>((1.0 - a.eps) * static_cast<double>(nll) -
+  return static_cast<C>((1.0 - a.eps) * static_cast<double>(nll) -
                         a.eps / static_cast<double>(a.C) * s);
 }
 
 // Accumulates position p's loss given its m and ls; writes the none-reduction entry.
-template <typename T>
+template <typename T, typename C = acc_t<T>>
 inline void add_loss(LossPartial& acc, const T* x_ns /* x at (n, 0, s) */, const int64_t* tgt,
-                     const T* w, T* out_none, int64_t p, T m, T ls, const Args& a) {
+                     const T* w, T* out_none, int64_t p, C m, C ls, const Args& a) {
   const int64_t t = tgt[p];
   if (t == a.ignore_index) {
     if (out_none) out_none[p] = T(0);
     return;
   }
   if (C10_UNLIKELY(t < 0 || t >= a.C)) throw_bad_target("cross_entropy_forward", t, a.C, a.ignore_index);
-  const T wt = w ? w[t] : T(1);
-  T v = -wt * ((x_ns[t * a.S] - m) - ls);
+  const C wt = w ? static_cast<C>(w[t]) : C(1);
+  C v = -wt * ((static_cast<C>(x_ns[t * a.S]) - m) - ls);
   if (a.eps != 0) v = smoothed_loss(v, x_ns, w, m, ls, a);
-  if (out_none) out_none[p] = v;
+  if (out_none) out_none[p] = static_cast<T>(v);
   acc.loss += static_cast<double>(v);
   acc.weight += static_cast<double>(wt);
 }
 
 // Position p's log-sum-exp, in its two parts (see lse_shape in loss_shapes.h).
-template <typename T>
-inline void store_lse(T* lse, int64_t p, T m, T ls) {
+template <typename C>
+inline void store_lse(C* lse, int64_t p, C m, C ls) {
   lse[2 * p] = m;
   lse[2 * p + 1] = ls;
 }
 
 // ---------------------------------------------------------------- forward, scalar
-template <typename T>
-LossPartial forward_scalar(const T* x, const int64_t* tgt, const T* w, T* out_none, T* lse,
+template <typename T, typename Acc = acc_t<T>>
+LossPartial forward_scalar(const T* x, const int64_t* tgt, const T* w, T* out_none, Acc* lse,
                        int64_t p0, int64_t p1, const Args& a) {
   LossPartial acc;
   const int64_t C = a.C, S = a.S;
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n = p / S, s = p - n * S;
     const T* xr = x + n * C * S + s;
-    T m = -std::numeric_limits<T>::infinity();
-    for (int64_t c = 0; c < C; ++c) m = std::max(m, xr[c * S]);
+    Acc m = -std::numeric_limits<Acc>::infinity();
+    for (int64_t c = 0; c < C; ++c) m = std::max(m, static_cast<Acc>(xr[c * S]));
     double sum = 0;  // scalar path: sum in double (as accurate as the vector path or better)
-    for (int64_t c = 0; c < C; ++c) sum += static_cast<double>(std::exp(xr[c * S] - m));
-    const T ls = static_cast<T>(std::log(sum));
+    for (int64_t c = 0; c < C; ++c) sum += static_cast<double>(std::exp(static_cast<Acc>(xr[c * S]) - m));
+    const Acc ls = static_cast<Acc>(std::log(sum));
     store_lse(lse, p, m, ls);
     add_loss(acc, xr, tgt, w, out_none, p, m, ls, a);
   }
@@ -173,13 +171,14 @@ LossPartial forward_scalar(const T* x, const int64_t* tgt, const T* w, T* out_no
 template <class A>
 FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_t* tgt,
                                         const typename A::T* w, typename A::T* out_none,
-                                        typename A::T* lse, int64_t p0, int64_t p1,
+                                        typename A::C* lse, int64_t p0, int64_t p1,
                                         const Args& a) {
   using T = typename A::T;
+  using Acc = typename A::C;
   using V = typename A::V;
   LossPartial acc;
   const int64_t C = a.C, S = a.S;
-  alignas(32) T mv[A::W], lv[A::W];
+  alignas(32) Acc mv[A::W], lv[A::W];
   if (S == 1) {
     int64_t p = p0;
     if (C <= kSmallC) {
@@ -187,7 +186,7 @@ FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_
       // gathers, so max / exp / sum / log all run on full vectors with no
       // horizontal reductions.
       const typename A::I off = A::lane_offsets(C);
-      const V ninf = A::set1(-std::numeric_limits<T>::infinity());
+      const V ninf = A::set1(-std::numeric_limits<Acc>::infinity());
       V cols[kSmallC];
       for (; p + A::W <= p1; p += A::W) {
         const T* xb = x + p * C;
@@ -214,7 +213,7 @@ FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_
         mv[k] = vec::row_max<A>(xr, C);
         lv[k] = vec::row_sumexp<A>(xr, C, mv[k]);
       }
-      for (int64_t k = nr; k < A::W; ++k) lv[k] = T(1);
+      for (int64_t k = nr; k < A::W; ++k) lv[k] = Acc(1);
       A::store(lv, A::log(A::load(lv)));
       for (int64_t k = 0; k < nr; ++k) {
         store_lse(lse, p + k, mv[k], lv[k]);
@@ -246,7 +245,7 @@ FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_
 #endif
 
 template <typename T>
-LossPartial forward_range(const T* x, const int64_t* tgt, const T* w, T* out_none, T* lse,
+LossPartial forward_range(const T* x, const int64_t* tgt, const T* w, T* out_none, acc_t<T>* lse,
                       int64_t p0, int64_t p1, const Args& a) {
 #if FASTNN_HAVE_X86
   if (cpu_has_avx2_fma())
@@ -264,44 +263,47 @@ struct RowCoef {
 };
 
 // Position p's coefficients (all 0 for an ignored position), target checked.
-template <typename T>
-inline RowCoef<T> row_coef(const int64_t* tgt, const T* w, const T* g_none, T g_red, int64_t p,
+// Computed in C = acc_t<T> (float for the half types).
+template <typename T, typename C = acc_t<T>>
+inline RowCoef<C> row_coef(const int64_t* tgt, const T* w, const T* g_none, C g_red, int64_t p,
                            const Args& a, int64_t& t) {
-  RowCoef<T> k;
+  RowCoef<C> k;
   t = tgt[p];
   if (t == a.ignore_index) return k;
   if (C10_UNLIKELY(t < 0 || t >= a.C)) throw_bad_target("cross_entropy_backward", t, a.C, a.ignore_index);
-  const T g = g_none ? g_none[p] : g_red;
-  const T gw = w ? g * w[t] : g;
+  const C g = g_none ? static_cast<C>(g_none[p]) : g_red;
+  const C gw = w ? g * static_cast<C>(w[t]) : g;
   if (a.eps == 0) {
     k.soft = k.hot = gw;
     return k;
   }
-  k.hot = static_cast<T>(1.0 - a.eps) * gw;
-  k.uni = g * static_cast<T>(a.eps / static_cast<double>(a.C));
-  k.soft = k.hot + k.uni * static_cast<T>(a.wsum);
+  k.hot = static_cast<C>(1.0 - a.eps) * gw;
+  k.uni = g * static_cast<C>(a.eps / static_cast<double>(a.C));
+  k.soft = k.hot + k.uni * static_cast<C>(a.wsum);
   return k;
 }
 
-template <typename T>
-void backward_scalar(const T* x, const int64_t* tgt, const T* w, const T* g_none, T g_red,
-                     const T* lse, T* gi, int64_t p0, int64_t p1, const Args& a) {
+template <typename T, typename Acc = acc_t<T>>
+void backward_scalar(const T* x, const int64_t* tgt, const T* w, const T* g_none, Acc g_red,
+                     const Acc* lse, T* gi, int64_t p0, int64_t p1, const Args& a) {
   const int64_t C = a.C, S = a.S;
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n = p / S, s = p - n * S;
     const T* xr = x + n * C * S + s;
     T* gr = gi + n * C * S + s;
     int64_t t;
-    const RowCoef<T> k = row_coef(tgt, w, g_none, g_red, p, a, t);
+    const RowCoef<Acc> k = row_coef(tgt, w, g_none, g_red, p, a, t);
     if (t == a.ignore_index) {
       for (int64_t c = 0; c < C; ++c) gr[c * S] = T(0);
       continue;
     }
-    const T m = lse[2 * p], ls = lse[2 * p + 1];
-    for (int64_t c = 0; c < C; ++c) gr[c * S] = std::exp((xr[c * S] - m) - ls) * k.soft;
-    if (a.eps != 0)
-      for (int64_t c = 0; c < C; ++c) gr[c * S] -= w ? k.uni * w[c] : k.uni;
-    gr[t * S] -= k.hot;
+    const Acc m = lse[2 * p], ls = lse[2 * p + 1];
+    for (int64_t c = 0; c < C; ++c) {  // each entry rounded once
+      Acc v = std::exp((static_cast<Acc>(xr[c * S]) - m) - ls) * k.soft;
+      if (a.eps != 0) v -= w ? k.uni * static_cast<Acc>(w[c]) : k.uni;
+      if (c == t) v -= k.hot;
+      gr[c * S] = static_cast<T>(v);
+    }
   }
 }
 
@@ -309,9 +311,10 @@ void backward_scalar(const T* x, const int64_t* tgt, const T* w, const T* g_none
 template <class A>
 FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt,
                                       const typename A::T* w, const typename A::T* g_none,
-                                      typename A::T g_red, const typename A::T* lse,
+                                      typename A::C g_red, const typename A::C* lse,
                                       typename A::T* gi, int64_t p0, int64_t p1, const Args& a) {
   using T = typename A::T;
+  using Acc = typename A::C;
   using V = typename A::V;
   constexpr int64_t W = A::W;
   const int64_t C = a.C, S = a.S;
@@ -320,7 +323,7 @@ FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt
       const T* xr = x + p * C;
       T* gr = gi + p * C;
       int64_t t;
-      const RowCoef<T> k = row_coef(tgt, w, g_none, g_red, p, a, t);
+      const RowCoef<Acc> k = row_coef(tgt, w, g_none, g_red, p, a, t);
       int64_t c = 0;
       if (t == a.ignore_index) {
         for (; c + W <= C; c += W) A::store(gr + c, A::zero());
@@ -349,17 +352,17 @@ FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt
   }
   // S > 1: units are (n, block of W spatial positions); p0/p1 index those units.
   const int64_t nblk = (S + W - 1) / W;
-  alignas(32) T softv[W], hotv[W], univ[W];
+  alignas(32) Acc softv[W], hotv[W], univ[W], vb[W];
   int64_t tv[W];
   for (int64_t u = p0; u < p1; ++u) {
     const int64_t n = u / nblk, s = (u % nblk) * W, wd = std::min(W, S - s);
     const int64_t pb = n * S + s;
     for (int64_t k = 0; k < W; ++k) {
-      softv[k] = hotv[k] = univ[k] = T(0);
+      softv[k] = hotv[k] = univ[k] = Acc(0);
       tv[k] = -1;
     }
     for (int64_t k = 0; k < wd; ++k) {
-      const RowCoef<T> rc = row_coef(tgt, w, g_none, g_red, pb + k, a, tv[k]);
+      const RowCoef<Acc> rc = row_coef(tgt, w, g_none, g_red, pb + k, a, tv[k]);
       softv[k] = rc.soft;
       hotv[k] = rc.hot;
       univ[k] = rc.uni;
@@ -368,34 +371,42 @@ FASTNN_TARGET_AVX2 void backward_avx2(const typename A::T* x, const int64_t* tgt
     const T* xb = x + n * C * S + s;
     T* gb = gi + n * C * S + s;
     const __m256i tm = A::mask(wd);
-    alignas(32) T mv[W], lsv[W];
+    alignas(32) Acc mv[W], lsv[W];
     for (int64_t k = 0; k < W; ++k) {
-      mv[k] = k < wd ? lse[2 * (pb + k)] : T(0);
-      lsv[k] = k < wd ? lse[2 * (pb + k) + 1] : T(0);
+      mv[k] = k < wd ? lse[2 * (pb + k)] : Acc(0);
+      lsv[k] = k < wd ? lse[2 * (pb + k) + 1] : Acc(0);
     }
     const V vm = A::load(mv), vls = A::load(lsv), vs = A::load(softv), vu = A::load(univ);
     const bool smooth = a.eps != 0;
     // ignored lanes have scale 0; force exact zeros there even for non-finite logits
-    alignas(32) T keepv[W];
+    alignas(32) Acc keepv[W];
     for (int64_t k = 0; k < W; ++k) {
-      keepv[k] = T(0);
-      if (tv[k] >= 0) std::memset(&keepv[k], 0xff, sizeof(T));  // all-ones lane
+      keepv[k] = Acc(0);
+      if (tv[k] >= 0) std::memset(&keepv[k], 0xff, sizeof(Acc));  // all-ones lane
     }
     const V km = A::load(keepv);
     for (int64_t c = 0; c < C; ++c) {
       V v = A::mul(A::exp(A::sub(A::sub(A::mload(xb + c * S, tm), vm), vls)), vs);
-      if (smooth) v = A::fnmadd(vu, w ? A::set1(w[c]) : A::set1(T(1)), v);
-      A::mstore(gb + c * S, tm, A::band(v, km));
+      if (smooth) v = A::fnmadd(vu, A::set1(w ? static_cast<Acc>(w[c]) : Acc(1)), v);
+      v = A::band(v, km);
+      // the one-hot term of the lanes whose target is c, before the (rounding) store
+      bool hit = false;
+      for (int64_t k = 0; k < wd; ++k) hit |= tv[k] == c;
+      if (hit) {
+        A::store(vb, v);
+        for (int64_t k = 0; k < wd; ++k)
+          if (tv[k] == c) vb[k] -= hotv[k];
+        v = A::load(vb);
+      }
+      A::mstore(gb + c * S, tm, v);
     }
-    for (int64_t k = 0; k < wd; ++k)
-      if (tv[k] >= 0) gb[tv[k] * S + k] -= hotv[k];
   }
 }
 #endif
 
 template <typename T>
-void backward_run(const T* x, const int64_t* tgt, const T* w, const T* g_none, T g_red,
-                  const T* lse, T* gi, int64_t N, const Args& a) {
+void backward_run(const T* x, const int64_t* tgt, const T* w, const T* g_none, acc_t<T> g_red,
+                  const acc_t<T>* lse, T* gi, int64_t N, const Args& a) {
   const int64_t C = a.C, S = a.S;
 #if FASTNN_HAVE_X86
   if (cpu_has_avx2_fma()) {
@@ -431,29 +442,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
   constexpr const char* op = "cross_entropy_forward";
   const LossShape sh = check_loss_inputs(op, input, target, weight, reduction);
   check_label_smoothing(op, label_smoothing);
-  if (is_half(input)) {
-    // the float32 op on widened copies; loss and total_weight rounded once, lse kept in float32
-    auto [lf, lse, twf] = cross_entropy_forward_cpu(widened(input), target, widened_opt(weight),
-                                                    reduction, ignore_index, label_smoothing);
-    at::Tensor loss = dense_empty(lf.sizes(), input), total_weight = dense_empty({}, input);
-    narrow_into(lf, loss);
-    narrow_into(twf, total_weight);
-    return {loss, lse, total_weight};
-  }
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
   at::Tensor loss = loss_output(target, input, reduction);
-  at::Tensor lse = dense_empty(lse_shape(target), input);
+  // lse in the accumulation type: float32 for the half types (as on CUDA)
+  at::Tensor lse = at::Tensor(at::detail::empty_cpu(lse_shape(target), acc_scalar_type(input)));
   at::Tensor total_weight = dense_empty({}, input);
   const Args a{sh.C, sh.S, ignore_index, label_smoothing};
 
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastnn::cross_entropy_forward", [&] {
+  FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_forward", [&] {
     const scalar_t* px = x->const_data_ptr<scalar_t>();
     const int64_t* pt = tg->const_data_ptr<int64_t>();
     const scalar_t* pw = weight_data<scalar_t>(*w);
     scalar_t* pout = reduction == at::Reduction::None ? loss.data_ptr<scalar_t>() : nullptr;
-    scalar_t* pl = lse.data_ptr<scalar_t>();
+    acc_t<scalar_t>* pl = lse.data_ptr<acc_t<scalar_t>>();
     const int64_t chunk = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(sh.C, 1));
     const LossPartial total =
         reduce_in_chunks(sh.N * sh.S, chunk, kChunksPerTask, [&](int64_t p0, int64_t p1) {
@@ -475,28 +478,22 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
   check_label_smoothing(op, label_smoothing);
   const bool none = reduction == at::Reduction::None;
   check_lse(op, lse, input, target);
-  if (is_half(input)) {
-    // the float32 op on widened copies (lse is float32 already, as the forward returns
-    // it), the gradient rounded once
-    at::Tensor grad_input = dense_empty(input.sizes(), input);
-    narrow_into(cross_entropy_backward_cpu(widened(grad_output), widened(input), target,
-                                           widened_opt(weight), reduction, ignore_index,
-                                           lse.to(at::kFloat), widened(total_weight),
-                                           label_smoothing),
-                grad_input);
-    return grad_input;
-  }
-  check_same_dtype(op, "lse", lse, "input", input);
+  const at::ScalarType lse_type = acc_scalar_type(input);
+  if (lse_type == input.scalar_type()) check_same_dtype(op, "lse", lse, "input", input);
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> go = grad_output.expect_contiguous();
-  const c10::MaybeOwned<at::Tensor> l = lse.expect_contiguous();
+  // half types: lse is float32 as the forward returns it (converted if it is not)
+  const c10::MaybeOwned<at::Tensor> l = lse.scalar_type() == lse_type
+                                            ? lse.expect_contiguous()
+                                            : c10::MaybeOwned<at::Tensor>::owned(lse.to(lse_type).contiguous());
   const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
   at::Tensor grad_input = dense_empty(input.sizes(), input);
   if (sh.N * sh.S == 0 || grad_input.numel() == 0) return grad_input;
   Args a{sh.C, sh.S, ignore_index, label_smoothing};
 
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastnn::cross_entropy_backward", [&] {
+  FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_backward", [&] {
+    using acc = acc_t<scalar_t>;
     const scalar_t* pw = weight_data<scalar_t>(*w);
     a.wsum = static_cast<double>(sh.C);
     if (pw && label_smoothing != 0) {
@@ -504,13 +501,13 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
       for (int64_t c = 0; c < sh.C; ++c) a.wsum += static_cast<double>(pw[c]);
     }
     const scalar_t* pg = go->const_data_ptr<scalar_t>();
-    const scalar_t g_red =
-        none ? scalar_t(0)
-             : (reduction == at::Reduction::Mean ? pg[0] / *total_weight.const_data_ptr<scalar_t>()
-                                                 : pg[0]);
+    const acc g0 = none ? acc(0) : static_cast<acc>(pg[0]);
+    const acc g_red = reduction == at::Reduction::Mean
+                          ? g0 / static_cast<acc>(*total_weight.const_data_ptr<scalar_t>())
+                          : g0;
     backward_run<scalar_t>(x->const_data_ptr<scalar_t>(), tg->const_data_ptr<int64_t>(),
                            pw, none ? pg : nullptr,
-                           g_red, l->const_data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(),
+                           g_red, l->const_data_ptr<acc>(), grad_input.data_ptr<scalar_t>(),
                            sh.N, a);
   });
   return grad_input;

@@ -1,8 +1,8 @@
 // float16 / bfloat16 <-> float32 for fastnn's CPU kernels.
 //
-// The CPU kernels compute the half types in float32 and round once at the end. The
-// ops whose float32 kernel does the work on a staged copy (linear.cpp's GEMM,
-// cross_entropy.cpp) use these:
+// The CPU kernels compute the half types in float32 and round once at the end. Linear's
+// GEMM does so on staged copies (its packing and K-blocked accumulation are float32
+// code; the product needs a float32 result to round once); it uses these:
 //   widened(t)            a dense float32 copy of t (exact)
 //   narrow_into(src, dst) dst (dense, float16 / bfloat16) = src (dense float32),
 //                         rounded to nearest even, as c10::Half / c10::BFloat16 do
@@ -17,7 +17,6 @@
 #include <c10/util/Half.h>
 
 #include <cstring>
-#include <optional>
 #include <type_traits>
 
 #include "fastnn/cpu_common.h"
@@ -87,11 +86,6 @@ inline at::Tensor widened(const at::Tensor& t) {
   else
     convert_detail::widen(src->const_data_ptr<c10::Half>(), out.data_ptr<float>(), t.numel());
   return out;
-}
-
-inline std::optional<at::Tensor> widened_opt(const std::optional<at::Tensor>& t) {
-  if (!t.has_value() || !t->defined()) return std::nullopt;
-  return widened(*t);
 }
 
 // dst (dense, float16 / bfloat16) = src (dense float32, dst's number of elements).

@@ -408,6 +408,14 @@ struct Half16x8 : F32x8 {
     _mm_store_si128(reinterpret_cast<__m128i*>(b), narrow(v));
     std::memcpy(p, b, sizeof(H) * lanes(m));
   }
+  // p[off[lane]], element by element (a 32-bit hardware gather would read past the end)
+  FASTNN_TARGET_AVX2 __attribute__((always_inline)) static V gather(const H* p, I off) {
+    alignas(32) int32_t o[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(o), off);
+    alignas(16) uint16_t b[8];
+    for (int k = 0; k < 8; ++k) std::memcpy(&b[k], p + o[k], sizeof(H));
+    return widen(_mm_load_si128(reinterpret_cast<const __m128i*>(b)));
+  }
 };
 
 template <typename T>
