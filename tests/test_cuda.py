@@ -19,7 +19,8 @@ DEV = "cuda"
 
 # ----------------------------------------------------------------------------- CUDA vs CPU
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=["float32", "float64", "float16", "bfloat16"])
 def test_cuda_matches_fastnn_cpu(dtype):
     x = randn(37, 300, dtype=dtype, scale=2)
     w = init_weight(65, 300, dtype=dtype)

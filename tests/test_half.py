@@ -176,3 +176,33 @@ def test_autocast_training_step_like_native(device):
             out.append(loss.item())
         losses.append(out)
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=3e-2, atol=3e-2)
+
+
+def test_float16_total_weight_overflow_is_an_error_in_backward():
+    """Over 65504 counted targets, float16's total_weight (returned in the input's dtype,
+    as natively) is inf: the forward's mean is still right (it is computed in double), but
+    the 'mean' gradient would be all zeros, so the backward says so (CPU)."""
+    x = randn(70000, 4, dtype=torch.float16).requires_grad_()
+    t = torch.randint(0, 4, (70000,))
+    loss = FF.cross_entropy(x, t)
+    torch.testing.assert_close(loss.double(), F.cross_entropy(x.double(), t), rtol=2e-3, atol=0)
+    with pytest.raises(RuntimeError, match="overflows float16"):
+        loss.backward()
+    lp = F.log_softmax(x.detach(), 1).requires_grad_()
+    with pytest.raises(RuntimeError, match="overflows float16"):
+        FF.nll_loss(lp, t).backward()
+    FF.nll_loss(lp, t, reduction="sum").backward()  # 'sum' does not divide: fine
+    assert lp.grad.count_nonzero() == 70000
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
+def test_half_nll_products_in_float32(device, dtype):
+    """-w[t] * x is formed in float32 before the (double) sum, so a product beyond float16's
+    range does not turn the mean into inf (native CPU's does)."""
+    x = torch.tensor([[-1000.0, 0.0]], dtype=dtype, device=device).requires_grad_()
+    w = torch.tensor([100.0, 1.0], dtype=dtype, device=device)
+    t = torch.tensor([0], device=device)
+    loss = FF.nll_loss(x, t, weight=w)
+    assert loss.item() == 1000.0
+    loss.backward()
+    assert x.grad.tolist() == [[-1.0, 0.0]]

@@ -479,14 +479,13 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
   const bool none = reduction == at::Reduction::None;
   check_lse(op, lse, input, target);
   const at::ScalarType lse_type = acc_scalar_type(input);
-  if (lse_type == input.scalar_type()) check_same_dtype(op, "lse", lse, "input", input);
+  TORCH_CHECK(lse.scalar_type() == lse_type, "fastnn::", op, ": `lse` has dtype ", lse.scalar_type(),
+              " but must be ", lse_type, " for a ", input.scalar_type(),
+              " input, as cross_entropy_forward returns it.");
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> go = grad_output.expect_contiguous();
-  // half types: lse is float32 as the forward returns it (converted if it is not)
-  const c10::MaybeOwned<at::Tensor> l = lse.scalar_type() == lse_type
-                                            ? lse.expect_contiguous()
-                                            : c10::MaybeOwned<at::Tensor>::owned(lse.to(lse_type).contiguous());
+  const c10::MaybeOwned<at::Tensor> l = lse.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
   at::Tensor grad_input = dense_empty(input.sizes(), input);
   if (sh.N * sh.S == 0 || grad_input.numel() == 0) return grad_input;
@@ -494,6 +493,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
 
   FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_backward", [&] {
     using acc = acc_t<scalar_t>;
+    if (reduction == at::Reduction::Mean) check_total_weight_finite<scalar_t>(op, total_weight);
     const scalar_t* pw = weight_data<scalar_t>(*w);
     a.wsum = static_cast<double>(sh.C);
     if (pw && label_smoothing != 0) {

@@ -10,8 +10,8 @@
 //             sum:  sum of loss;  mean: sum of loss / total_weight (NaN when all are
 //             ignored or the batch is empty, like torch).
 // Targets outside [0, C) other than ignore_index raise IndexError.
-// float16 / bfloat16: each -w[t] * input is computed in float32 (exactly: a product of
-// two half-type values fits) and rounded once; the sums accumulate in double as for float32.
+// float16 / bfloat16: computed in float32 and rounded once (each -w[t] * input is exact
+// in float32; the sums accumulate in double as for float32).
 //
 // Backward: grad_input is zero except grad_input[n, t, s] = -w[t] * g with
 // g = grad_output (sum), grad_output / total_weight (mean), grad_output[n, s] (none).
@@ -54,9 +54,10 @@ LossPartial forward_chunk(const T* x, const int64_t* tgt, const T* w, T* out_non
     }
     if (C10_UNLIKELY(t < 0 || t >= C)) throw_bad_target("nll_loss_forward", t, C, ignore_index);
     const int64_t n = p / S, s = p - n * S;
-    const T wt = w ? w[t] : T(1);
-    const T v = -wt * x[(n * C + t) * S + s];
-    if (out_none) out_none[p] = v;
+    using A = acc_t<T>;
+    const A wt = w ? static_cast<A>(w[t]) : A(1);
+    const A v = -wt * static_cast<A>(x[(n * C + t) * S + s]);
+    if (out_none) out_none[p] = static_cast<T>(v);
     acc.loss += static_cast<double>(v);
     acc.weight += static_cast<double>(wt);
   }
@@ -115,23 +116,27 @@ at::Tensor nll_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor
   if (P == 0) return grad_input;
 
   FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::nll_loss_backward", [&] {
+    using acc = acc_t<scalar_t>;
     const int64_t* pt = tg->const_data_ptr<int64_t>();
     const scalar_t* pw = weight_data<scalar_t>(*w);
     const scalar_t* pg = go->const_data_ptr<scalar_t>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    // same expression as aten: -(mean ? go / total_weight : go), times w[t]
-    const scalar_t g_red =
-        none ? scalar_t(0)
-             : -(reduction == at::Reduction::Mean ? pg[0] / *total_weight.const_data_ptr<scalar_t>()
-                                                  : pg[0]);
+    if (reduction == at::Reduction::Mean) check_total_weight_finite<scalar_t>(op, total_weight);
+    // aten's expression, -(mean ? go / total_weight : go) * w[t], computed in acc (float
+    // for the half types) and rounded once
+    const acc g0 = none ? acc(0) : static_cast<acc>(pg[0]);
+    const acc g_red =
+        -(reduction == at::Reduction::Mean
+              ? g0 / static_cast<acc>(*total_weight.const_data_ptr<scalar_t>())
+              : g0);
     at::parallel_for(0, P, kChunk * kChunksPerTask, [&](int64_t b, int64_t e) {
       for (int64_t p = b; p < e; ++p) {
         const int64_t t = pt[p];
         if (t == ignore_index) continue;
         if (C10_UNLIKELY(t < 0 || t >= C)) throw_bad_target(op, t, C, ignore_index);
         const int64_t n = p / S, s = p - n * S;
-        const scalar_t g = none ? -pg[p] : g_red;
-        gi[(n * C + t) * S + s] = pw ? pw[t] * g : g;
+        const acc g = none ? -static_cast<acc>(pg[p]) : g_red;
+        gi[(n * C + t) * S + s] = static_cast<scalar_t>(pw ? static_cast<acc>(pw[t]) * g : g);
       }
     });
   });

@@ -8,10 +8,14 @@
 #include <c10/util/Exception.h>
 #include <c10/util/MaybeOwned.h>
 
+#include <c10/util/Half.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace fastnn {
@@ -89,6 +93,22 @@ void write_reduced(const LossPartial& total, int64_t reduction, const at::Tensor
     *loss.data_ptr<T>() = static_cast<T>(total.loss / total.weight);  // 0/0 = NaN
   else if (reduction == at::Reduction::Sum)
     *loss.data_ptr<T>() = static_cast<T>(total.loss);
+}
+
+// A loss backward with reduction 'mean' divides by total_weight. In float16 a total weight
+// above 65504 was stored as inf by the forward (which returns it in the input's dtype, as
+// native does), and the gradient would be all zeros under a correct-looking loss; say so
+// instead. (bfloat16's range makes this practically impossible.)
+template <typename T>
+void check_total_weight_finite(const char* op, const at::Tensor& total_weight) {
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    const float tw = static_cast<float>(*total_weight.const_data_ptr<T>());
+    TORCH_CHECK(!std::isinf(tw), "fastnn::", op,
+                ": the total weight of the counted targets overflows float16 (more than 65504), "
+                "so the 'mean' gradient would be zero. Compute the loss in float32 (for "
+                "example `input.float()`, or under torch.autocast, which runs losses in float32), "
+                "or use reduction='sum' and divide.");
+  }
 }
 
 // Raises the IndexError for a class index outside [0, C) that is not ignore_index.
