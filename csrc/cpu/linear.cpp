@@ -112,6 +112,7 @@ at::Tensor linear_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   const int64_t M = x.size(0);
   if (M == 0 || out_f == 0) return y;
 
+  // float32 / float64 here: the half types took the widened path above
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "linear_forward_cpu", [&] {
     gemm<scalar_t>(M, out_f, in_f, x.const_data_ptr<scalar_t>(), x.stride(0), x.stride(1),
                    weight.const_data_ptr<scalar_t>(), weight.stride(1), weight.stride(0),
