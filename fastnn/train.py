@@ -97,9 +97,11 @@ class Trainer:
     """
 
     def __init__(self, model: Classifier, data: Data, impl: str, loss: str, lr: float,
-                 batch_size: int, cuda_graph: bool):
+                 batch_size: int, cuda_graph: bool, bf16: bool = False):
         self.model, self.data, self.impl = model, data, impl
         self.device = data.train_x.device
+        # mixed precision: forward and loss under autocast (the parameters stay float32)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         nn = _impl_nn(impl)
         self.use_logits = loss == "ce"
         self.criterion = nn.CrossEntropyLoss() if self.use_logits else nn.NLLLoss()
@@ -116,8 +118,9 @@ class Trainer:
     def _step(self, idx: Tensor, set_to_none: bool) -> None:
         x = self.data.train_x.index_select(0, idx)
         y = self.data.train_y.index_select(0, idx)
-        out = self.model.logits(x) if self.use_logits else self.model(x)
-        loss = self.criterion(out, y)
+        with self.autocast:
+            out = self.model.logits(x) if self.use_logits else self.model(x)
+            loss = self.criterion(out, y)
         self.optimizer.zero_grad(set_to_none=set_to_none)
         loss.backward()
         self.optimizer.step()
@@ -166,8 +169,9 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for start in range(0, x_all.shape[0], chunk):
             x, y = x_all[start:start + chunk], y_all[start:start + chunk]
-            log_probs = self.model(x)
-            loss_sum += self.eval_criterion(log_probs, y)
+            with self.autocast:
+                log_probs = self.model(x)
+                loss_sum += self.eval_criterion(log_probs, y)
             top_class = log_probs.topk(1, dim=1).indices.squeeze(1)
             correct += (top_class == y).sum()
         self.model.train()
@@ -179,7 +183,8 @@ def train(model: Classifier, data: Data, impl: str, args) -> RunResult:
     """Train ``model`` for args.epochs epochs, printing one line per epoch."""
     torch.manual_seed(args.seed + 1)  # dropout masks: the same sequence for every impl
     generator = torch.Generator().manual_seed(args.seed)  # batch order
-    trainer = Trainer(model, data, impl, args.loss, args.lr, args.batch_size, args.cuda_graph)
+    trainer = Trainer(model, data, impl, args.loss, args.lr, args.batch_size, args.cuda_graph,
+                      args.bf16)
     n = data.train_x.shape[0]
     result = RunResult(impl, model, n)
     for epoch in range(1, args.epochs + 1):
@@ -290,6 +295,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture the whole training step in a CUDA graph (CUDA only)")
+    p.add_argument("--bf16", action="store_true",
+                   help="mixed precision: forward and loss under torch.autocast with bfloat16 "
+                        "(the parameters and the optimizer stay float32)")
     p.add_argument("--save", metavar="PATH", default=None,
                    help="save a checkpoint (of the fastnn model when --impl both)")
     p.add_argument("--plot", metavar="PATH.png", default=None, help="loss/accuracy curves")
@@ -306,6 +314,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--device cuda: no CUDA device is available")
     if args.cuda_graph and args.device != "cuda":
         p.error("--cuda-graph needs --device cuda")
+    if args.cuda_graph and args.bf16:
+        p.error("--bf16 runs eagerly: leave out --cuda-graph")
     for name in ("epochs", "batch_size", "limit_train", "limit_test", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -335,7 +345,8 @@ def main(argv=None) -> Dict[str, RunResult]:
           f"from {data.root}")
     print(f"measured on {machine_line(device)}; batch {args.batch_size}, lr {args.lr}, "
           f"loss {args.loss}, dropout {args.dropout}, seed {args.seed}"
-          + (", CUDA graph (short last batch eager)" if args.cuda_graph else ""), flush=True)
+          + (", CUDA graph (short last batch eager)" if args.cuda_graph else "")
+          + (", autocast bfloat16" if args.bf16 else ""), flush=True)
 
     torch.manual_seed(args.seed)
     reference = Classifier(**ARCH, dropout=args.dropout, impl=impls[0]).to(device)

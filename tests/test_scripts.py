@@ -93,6 +93,14 @@ def test_train_fused_ce_with_dropout(tmp_path):
     assert "[fastnn] epoch 1/1" in out, out
 
 
+def test_train_bf16_autocast(tmp_path):
+    out = _run(["fastnn.train", "--impl", "both", "--bf16", "--device", "cpu", "--epochs", "1",
+                "--limit-train", "200", "--limit-test", "50", "--threads", "1",
+                "--data", _data_root(tmp_path), "--no-progress"], tmp_path)
+    assert "autocast bfloat16" in out and "[fastnn] epoch 1/1" in out, out
+    assert "speed-up vs native" in out, out
+
+
 def test_state_dict_keys_match_between_impls():
     native, fast = Classifier(impl="native"), Classifier(impl="fastnn")
     assert list(native.state_dict()) == list(fast.state_dict())
