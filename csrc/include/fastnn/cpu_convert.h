@@ -8,7 +8,8 @@
 //                         rounded to nearest even, as c10::Half / c10::BFloat16 do
 // Both run over the flat element range split across threads (at::parallel_for, at
 // least 64K elements per task), 8 lanes at a time with AVX2 + F16C when the CPU has
-// them, else through c10's scalar conversions. Element-wise, so deterministic.
+// them (vec::Half16x8), else through c10's scalar conversions. Element-wise, so
+// deterministic.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -16,8 +17,6 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <cstring>
-#include <type_traits>
 
 #include "fastnn/cpu_common.h"
 #include "fastnn/cpu_features.h"
@@ -28,46 +27,25 @@ namespace convert_detail {
 
 constexpr int64_t kGrain = 65536;
 
+// Src -> Dst, one of them float and the other T (float16 / bfloat16): Half16x8's loads
+// and stores of T widen and round; its loads and stores of float are plain.
 #if FASTNN_HAVE_X86
-template <typename T>
-FASTNN_TARGET_AVX2 void widen_avx2(const T* src, float* dst, int64_t n) {
+template <typename T, typename Src, typename Dst>
+FASTNN_TARGET_AVX2 void convert_avx2(const Src* src, Dst* dst, int64_t n) {
+  using A = vec::Half16x8<T>;
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    _mm256_storeu_ps(dst + i, std::is_same_v<T, c10::BFloat16> ? vec::bf16_to_ps(h) : vec::f16_to_ps(h));
-  }
-  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
-}
-
-template <typename T>
-FASTNN_TARGET_AVX2 void narrow_avx2(const float* src, T* dst, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(src + i);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
-                     std::is_same_v<T, c10::BFloat16> ? vec::ps_to_bf16(v) : vec::ps_to_f16(v));
-  }
-  for (; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+  for (; i + 8 <= n; i += 8) A::store(dst + i, A::load(src + i));
+  for (; i < n; ++i) dst[i] = static_cast<Dst>(src[i]);
 }
 #endif
 
-template <typename T>
-void widen(const T* src, float* dst, int64_t n) {
+template <typename T, typename Src, typename Dst>
+void convert(const Src* src, Dst* dst, int64_t n) {
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
 #if FASTNN_HAVE_X86
-    if (cpu_has_avx2_fma()) return widen_avx2(src + b, dst + b, e - b);
+    if (cpu_has_avx2_fma()) return convert_avx2<T>(src + b, dst + b, e - b);
 #endif
-    for (int64_t i = b; i < e; ++i) dst[i] = static_cast<float>(src[i]);
-  });
-}
-
-template <typename T>
-void narrow(const float* src, T* dst, int64_t n) {
-  at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) {
-#if FASTNN_HAVE_X86
-    if (cpu_has_avx2_fma()) return narrow_avx2(src + b, dst + b, e - b);
-#endif
-    for (int64_t i = b; i < e; ++i) dst[i] = static_cast<T>(src[i]);
+    for (int64_t i = b; i < e; ++i) dst[i] = static_cast<Dst>(src[i]);
   });
 }
 
@@ -82,18 +60,18 @@ inline at::Tensor widened(const at::Tensor& t) {
   const c10::MaybeOwned<at::Tensor> src = t.expect_contiguous();
   at::Tensor out = at::Tensor(at::detail::empty_cpu(t.sizes(), at::kFloat));
   if (t.scalar_type() == at::kBFloat16)
-    convert_detail::widen(src->const_data_ptr<c10::BFloat16>(), out.data_ptr<float>(), t.numel());
+    convert_detail::convert<c10::BFloat16>(src->const_data_ptr<c10::BFloat16>(), out.data_ptr<float>(), t.numel());
   else
-    convert_detail::widen(src->const_data_ptr<c10::Half>(), out.data_ptr<float>(), t.numel());
+    convert_detail::convert<c10::Half>(src->const_data_ptr<c10::Half>(), out.data_ptr<float>(), t.numel());
   return out;
 }
 
 // dst (dense, float16 / bfloat16) = src (dense float32, dst's number of elements).
 inline void narrow_into(const at::Tensor& src, const at::Tensor& dst) {
   if (dst.scalar_type() == at::kBFloat16)
-    convert_detail::narrow(src.const_data_ptr<float>(), dst.data_ptr<c10::BFloat16>(), dst.numel());
+    convert_detail::convert<c10::BFloat16>(src.const_data_ptr<float>(), dst.data_ptr<c10::BFloat16>(), dst.numel());
   else
-    convert_detail::narrow(src.const_data_ptr<float>(), dst.data_ptr<c10::Half>(), dst.numel());
+    convert_detail::convert<c10::Half>(src.const_data_ptr<float>(), dst.data_ptr<c10::Half>(), dst.numel());
 }
 
 }  // namespace fastnn
