@@ -194,16 +194,26 @@ def test_loss_bad_reduction_enum():
             op(x, t, None, 3, -100)
 
 
-def test_loss_backward_bad_aux_inputs():
-    x, t = torch.randn(4, 5), torch.zeros(4, dtype=torch.long)
+def test_loss_backward_bad_aux_inputs(device):
+    x = torch.randn(4, 5, device=device)
+    t = torch.zeros(4, dtype=torch.long, device=device)
     loss, lse, tw = ops.cross_entropy_forward(x, t, None, 1, -100)
-    for bad_lse in (torch.zeros(3), torch.zeros(4), lse[:, :1]):  # lse of the wrong shape
+    one = torch.tensor(1.0, device=device)
+    for bad_lse in (lse.new_zeros(3), lse.new_zeros(4), lse[:, :1]):  # lse of the wrong shape
         with pytest.raises(RuntimeError, match="lse"):
-            ops.cross_entropy_backward(torch.tensor(1.0), x, t, None, 1, -100, bad_lse, tw)
+            ops.cross_entropy_backward(one, x, t, None, 1, -100, bad_lse, tw)
+    # lse of the wrong dtype: refused on every device, never converted behind the caller's back
+    with pytest.raises(RuntimeError, match="`lse` has dtype Double but must be Float"):
+        ops.cross_entropy_backward(one, x, t, None, 1, -100, lse.double(), tw)
+    h = x.half()
+    _, h_lse, h_tw = ops.cross_entropy_forward(h, t, None, 1, -100)
+    with pytest.raises(RuntimeError, match="`lse` has dtype Half but must be Float"):
+        ops.cross_entropy_backward(one.half(), h, t, None, 1, -100, h_lse.half(), h_tw)
+    ones = torch.ones(3, device=device)
     with pytest.raises(RuntimeError):  # grad_output of the wrong shape for reduction='none'
-        ops.nll_loss_backward(torch.ones(3), x, t, None, 0, -100, tw)
+        ops.nll_loss_backward(ones, x, t, None, 0, -100, tw)
     with pytest.raises(RuntimeError):
-        ops.cross_entropy_backward(torch.ones(3), x, t, None, 0, -100, lse, tw)
+        ops.cross_entropy_backward(ones, x, t, None, 0, -100, lse, tw)
 
 
 # ----------------------------------------------------------------------------- devices

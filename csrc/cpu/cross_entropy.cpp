@@ -447,7 +447,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
   const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
   at::Tensor loss = loss_output(target, input, reduction);
   // lse in the accumulation type: float32 for the half types (as on CUDA)
-  at::Tensor lse = at::Tensor(at::detail::empty_cpu(lse_shape(target), acc_scalar_type(input)));
+  at::Tensor lse = at::Tensor(
+      at::detail::empty_cpu(lse_shape(target), acc_scalar_type(input.scalar_type())));
   at::Tensor total_weight = dense_empty({}, input);
   const Args a{sh.C, sh.S, ignore_index, label_smoothing};
 
@@ -478,10 +479,6 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
   check_label_smoothing(op, label_smoothing);
   const bool none = reduction == at::Reduction::None;
   check_lse(op, lse, input, target);
-  const at::ScalarType lse_type = acc_scalar_type(input);
-  TORCH_CHECK(lse.scalar_type() == lse_type, "fastnn::", op, ": `lse` has dtype ", lse.scalar_type(),
-              " but must be ", lse_type, " for a ", input.scalar_type(),
-              " input, as cross_entropy_forward returns it.");
   const c10::MaybeOwned<at::Tensor> x = input.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> go = grad_output.expect_contiguous();

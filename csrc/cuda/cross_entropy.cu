@@ -431,10 +431,6 @@ __global__ void __launch_bounds__(kFlatThreads)
 
 // ---------------------------------------------------------------------------
 // Host side.
-at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 int block_threads_for(int64_t nv, int min_threads) {
   int threads = min_threads;
   while (threads < kMaxBlockThreads && static_cast<int64_t>(threads) * 4 < nv) threads *= 2;
@@ -458,7 +454,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cuda(
   const bool none = reduction == at::Reduction::None;
   at::Tensor loss = none ? at::empty(target.sizes(), x.options()) : at::empty({}, x.options());
   at::Tensor total_weight = at::empty({}, x.options());
-  const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
+  const auto acc_opts = x.options().dtype(acc_scalar_type(x.scalar_type()));
   at::Tensor lse = at::empty(lse_shape(target), acc_opts);
   auto stream = c10::cuda::getCurrentCUDAStream();
 
@@ -558,9 +554,7 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_output, const at::
   const at::Tensor t = target.contiguous();
   const at::Tensor go = grad_output.contiguous();
   const at::Tensor tw = total_weight.contiguous();
-  const at::ScalarType adt = acc_dtype(x.scalar_type());
-  // lse is normally already acc_t<T> and contiguous (then this is a no-op).
-  const at::Tensor l = (lse.scalar_type() == adt ? lse : lse.to(adt)).contiguous();
+  const at::Tensor l = lse.contiguous();  // as cross_entropy_forward returns it: a no-op
   const bool has_w = weight.has_value() && weight->defined();
   const at::Tensor w = has_w ? weight->contiguous() : at::Tensor();
   at::Tensor grad = at::empty(x.sizes(), x.options());

@@ -120,10 +120,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> nll_loss_forward_cuda(const at::Tensor& input,
@@ -142,7 +138,8 @@ std::tuple<at::Tensor, at::Tensor> nll_loss_forward_cuda(const at::Tensor& input
   at::Tensor total_weight = at::empty({}, x.options());
   const int64_t nblocks = std::max<int64_t>(1, ceil_div(M, kChunk));
   at::Tensor partials;
-  if (nblocks > 1) partials = at::empty({2 * nblocks}, x.options().dtype(acc_dtype(x.scalar_type())));
+  if (nblocks > 1)
+    partials = at::empty({2 * nblocks}, x.options().dtype(acc_scalar_type(x.scalar_type())));
   auto stream = c10::cuda::getCurrentCUDAStream();
   FASTNN_DISPATCH_CUDA(x.scalar_type(), "nll_loss_forward_cuda", [&] {
     using A = acc_t<scalar_t>;

@@ -17,6 +17,11 @@ inline bool dtype_supported(const at::Tensor& t) {
   return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
 }
 
+// The dtype a kernel accumulates in: float32 for float16 / bfloat16, else the dtype itself.
+inline at::ScalarType acc_scalar_type(at::ScalarType s) {
+  return s == at::kHalf || s == at::kBFloat16 ? at::kFloat : s;
+}
+
 inline void check_floating(const char* op, const char* arg, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), "fastnn::", op, ": `", arg, "` is an undefined tensor.");
   TORCH_CHECK(dtype_supported(t), "fastnn::", op, ": `", arg, "` has dtype ", t.scalar_type(),

@@ -26,12 +26,6 @@ inline at::Tensor dense_empty(at::IntArrayRef sizes, const at::Tensor& like) {
   return at::Tensor(at::detail::empty_cpu(sizes, like.scalar_type()));
 }
 
-// The dtype a kernel accumulates in: float32 for float16 / bfloat16, else the dtype itself.
-inline at::ScalarType acc_scalar_type(const at::Tensor& t) {
-  const at::ScalarType s = t.scalar_type();
-  return s == at::kHalf || s == at::kBFloat16 ? at::kFloat : s;
-}
-
 // A loss reduction's partial sums over one fixed chunk of positions, kept in double
 // and combined in chunk order, so a reduction does not depend on the thread count.
 // ---- shared by the loss ops (nll_loss.cpp, cross_entropy.cpp)

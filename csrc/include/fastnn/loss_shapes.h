@@ -122,6 +122,10 @@ inline void check_lse(const char* op, const at::Tensor& lse, const at::Tensor& i
               ": `lse` must have the target's shape plus a last dim of 2 (max, log-sum), as "
               "cross_entropy_forward returns it; got shape ", lse.sizes(), " for a target of "
               "shape ", target.sizes(), ".");
+  const at::ScalarType lse_type = acc_scalar_type(input.scalar_type());
+  TORCH_CHECK(lse.scalar_type() == lse_type, "fastnn::", op, ": `lse` has dtype ",
+              lse.scalar_type(), " but must be ", lse_type, " for a ", input.scalar_type(),
+              " input, as cross_entropy_forward returns it.");
 }
 
 }  // namespace fastnn
