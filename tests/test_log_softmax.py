@@ -47,6 +47,17 @@ def test_log_softmax_row_lengths(device, dtype, n):
     check(randn(n, 5, dtype=dtype, device=device, scale=3), 0, dtype)
 
 
+@pytest.mark.parametrize("n", [1, 10, 32, 33])
+def test_log_softmax_row_independent_of_batch(device, dtype, n):
+    """A row's result is bitwise the same whichever batch it is in and wherever it sits
+    (short rows run several at a time on the CPU, a partial last group included)."""
+    x = randn(37, n, dtype=dtype, device=device)
+    whole = FF.log_softmax(x, 1)
+    for i in (0, 7, 8, 31, 32, 36):
+        assert torch.equal(FF.log_softmax(x[i:i + 1], 1), whole[i:i + 1])
+        assert torch.equal(FF.log_softmax(x[i:], 1), whole[i:])
+
+
 @pytest.mark.dtypes(torch.float32, torch.float64)
 @pytest.mark.parametrize("layout", NONCONTIG_LAYOUTS)
 @pytest.mark.parametrize("dim", [0, 1, -1])

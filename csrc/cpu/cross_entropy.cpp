@@ -62,7 +62,7 @@ namespace {
 
 constexpr int64_t kChunkElems = 16384;  // logits per reduction chunk / parallel task
 constexpr int64_t kChunksPerTask = 2;   // parallel grain, in chunks
-constexpr int64_t kSmallC = 32;         // rows-as-lanes forward up to this many classes
+constexpr int64_t kSmallC = vec::kMaxGatherRow;  // rows-as-lanes forward up to this many classes
 
 struct Args {
   int64_t C, S, ignore_index;
@@ -185,18 +185,11 @@ FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_
       // Small C (e.g. 10 classes): lanes are W rows, walked class by class with
       // gathers, so max / exp / sum / log all run on full vectors with no
       // horizontal reductions.
-      const typename A::I off = A::lane_offsets(C);
-      const V ninf = A::set1(-std::numeric_limits<Acc>::infinity());
       V cols[kSmallC];
       for (; p + A::W <= p1; p += A::W) {
         const T* xb = x + p * C;
-        V m = ninf;
-        for (int64_t c = 0; c < C; ++c) {  // one gather per class, kept in L1 scratch
-          cols[c] = A::gather(xb + c, off);
-          m = A::max(m, cols[c]);
-        }
-        V sum = A::zero();
-        for (int64_t c = 0; c < C; ++c) sum = A::add(sum, A::exp_nonpos(A::sub(cols[c], m)));
+        V m, sum;
+        vec::rows_max_sumexp<A>(xb, C, cols, m, sum);
         A::store(mv, m);
         A::store(lv, A::log(sum));
         for (int64_t k = 0; k < A::W; ++k) {

@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "fastnn/checks.h"
@@ -89,18 +90,57 @@ void bwd_row_scalar(const T* dy, const T* y, T* dx, int64_t D, int64_t stride) {
 using vec::Avx2Of;
 
 // ---------------------------------------------------------------- AVX2, dim = last
+// y = (x - m) - ls over a row of D.
 template <class A>
-FASTNN_TARGET_AVX2 void fwd_row_avx2(const typename A::T* x, typename A::T* y, int64_t D) {
+FASTNN_TARGET_AVX2 void write_row_avx2(const typename A::T* x, typename A::T* y, int64_t D,
+                                       typename A::C m, typename A::C ls) {
   using V = typename A::V;
   constexpr int64_t W = A::W;
-  const typename A::C m = vec::row_max<A>(x, D);            // pass 1
-  const typename A::C ls = std::log(vec::row_sumexp<A>(x, D, m));  // pass 2
-  const V vm = A::set1(m), vl = A::set1(ls);                // pass 3: y = x - max - log(sum)
+  const V vm = A::set1(m), vl = A::set1(ls);
   int64_t i = 0;
   for (; i + W <= D; i += W) A::store(y + i, A::sub(A::sub(A::load(x + i), vm), vl));
   if (i < D) {
     const __m256i tm = A::mask(D - i);
     A::mstore(y + i, tm, A::sub(A::sub(A::mload(x + i, tm), vm), vl));
+  }
+}
+
+template <class A>
+FASTNN_TARGET_AVX2 void fwd_row_avx2(const typename A::T* x, typename A::T* y, int64_t D) {
+  const typename A::C m = vec::row_max<A>(x, D);                  // pass 1
+  const typename A::C ls = std::log(vec::row_sumexp<A>(x, D, m));  // pass 2
+  write_row_avx2<A>(x, y, D, m, ls);                              // pass 3
+}
+
+// Rows [0, rows) of D <= vec::kMaxGatherRow elements (e.g. 10 classes), W at a time as
+// the lanes of one vector (vec::rows_max_sumexp): no horizontal reduction, one vector
+// log per W rows. A last partial block runs from a zero-padded copy, so each row is
+// computed the same way wherever it sits (each lane only sees its own row).
+template <class A>
+FASTNN_TARGET_AVX2 void fwd_short_rows_avx2(const typename A::T* x, typename A::T* y,
+                                            int64_t rows, int64_t D) {
+  using T = typename A::T;
+  using V = typename A::V;
+  constexpr int64_t W = A::W;
+  V cols[vec::kMaxGatherRow];
+  alignas(32) typename A::C mv[W], lv[W];
+  T xpad[W * vec::kMaxGatherRow], ypad[W * vec::kMaxGatherRow];
+  for (int64_t r = 0; r < rows; r += W) {
+    const int64_t nr = std::min(W, rows - r);
+    const T* xb = x + r * D;
+    T* yb = y + r * D;
+    if (nr < W) {
+      std::memcpy(xpad, xb, sizeof(T) * nr * D);
+      std::memset(xpad + nr * D, 0, sizeof(T) * (W - nr) * D);  // rows of zeros
+      xb = xpad;
+      yb = ypad;
+    }
+    V m, s;
+    vec::rows_max_sumexp<A>(xb, D, cols, m, s);
+    A::store(mv, m);
+    A::store(lv, A::log(s));
+    for (int64_t k = 0; k < nr; ++k) write_row_avx2<A>(xb + k * D, yb + k * D, D, mv[k], lv[k]);
+    if (nr < W) std::memcpy(y + r * D, ypad, sizeof(T) * nr * D);
   }
 }
 
@@ -234,6 +274,7 @@ void forward_impl(const T* x, T* y, const Geometry& g) {
     for_each_slice<T>(
         g,
         [&](int64_t b, int64_t e) {
+          if (D <= vec::kMaxGatherRow) return fwd_short_rows_avx2<A>(x + b * D, y + b * D, e - b, D);
           for (int64_t r = b; r < e; ++r) fwd_row_avx2<A>(x + r * D, y + r * D, D);
         },
         [&](int64_t o, int64_t j, int64_t w) {

@@ -19,6 +19,7 @@
 //                        element type in memory, A::C the scalar type computed in).
 //   row_max<A>, row_sumexp<A>   max / sum exp(x - m) of a contiguous row (masked tail).
 //   cols_max_sumexp<A>   the same for W adjacent columns of a [rows, stride] block.
+//   rows_max_sumexp<A>   the same for W short contiguous rows, one row per lane (gathers).
 //
 // NaN handling: max ignores NaN lanes the way _mm256_max_ps does, but exp(NaN)
 // is NaN, so a NaN anywhere in a row makes its sum-of-exp (and so the whole
@@ -518,6 +519,28 @@ FASTNN_VEC_INLINE void cols_max_sumexp(const typename A::T* x, int64_t rows,
     vmax = m;
     vsum = A::mfill(s, tm, typename A::C(1));
   }
+}
+
+// Rows version, for short rows: the W rows x + k * n (k < W) of n <= kMaxGatherRow
+// elements are the lanes of the vectors, walked element by element with gathers, so
+// nothing needs a horizontal reduction: vmax[k] = max of row k, vsum[k] = sum of
+// exp(row k - vmax[k]). `cols` (n vectors of scratch) keeps the gathered elements
+// between the two passes. Each lane only sees its own row.
+constexpr int64_t kMaxGatherRow = 32;
+template <class A>
+FASTNN_VEC_INLINE void rows_max_sumexp(const typename A::T* x, int64_t n, typename A::V* cols,
+                                       typename A::V& vmax, typename A::V& vsum) {
+  using V = typename A::V;
+  const typename A::I off = A::lane_offsets(n);
+  V m = A::set1(-std::numeric_limits<typename A::C>::infinity());
+  for (int64_t c = 0; c < n; ++c) {
+    cols[c] = A::gather(x + c, off);
+    m = A::max(m, cols[c]);
+  }
+  V s = A::zero();
+  for (int64_t c = 0; c < n; ++c) s = A::add(s, A::exp_nonpos(A::sub(cols[c], m)));
+  vmax = m;
+  vsum = s;
 }
 
 #endif  // FASTNN_HAVE_X86
