@@ -22,6 +22,18 @@ from . import _func
 from ._func import differentiating_transform_active as _differentiating
 
 _ops = torch.ops.fastnn
+# Each op's overload, looked up once here rather than on every call.
+_linear_forward = _ops.linear_forward.default
+_linear_backward = _ops.linear_backward.default
+_relu_forward = _ops.relu_forward.default
+_relu_forward_ = _ops.relu_forward_.default
+_relu_backward = _ops.relu_backward.default
+_log_softmax_forward = _ops.log_softmax_forward.default
+_log_softmax_backward = _ops.log_softmax_backward.default
+_nll_loss_forward = _ops.nll_loss_forward.default
+_nll_loss_backward = _ops.nll_loss_backward.default
+_cross_entropy_forward = _ops.cross_entropy_forward.default
+_cross_entropy_backward = _ops.cross_entropy_backward.default
 
 REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
 _REDUCTIONS = {"none": REDUCTION_NONE, "mean": REDUCTION_MEAN, "sum": REDUCTION_SUM}
@@ -44,18 +56,18 @@ def reduction_enum(reduction: str) -> int:
 def linear_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     if _differentiating():
         return _func.linear(input, weight, bias)
-    return _ops.linear_forward.default(input, weight, bias)
+    return _linear_forward(input, weight, bias)
 
 
 def linear_backward(grad_output: Tensor, input: Tensor, weight: Tensor, output_mask: List[bool]
                     ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    return _ops.linear_backward.default(grad_output, input, weight, output_mask)
+    return _linear_backward(grad_output, input, weight, output_mask)
 
 
 def relu_forward(input: Tensor) -> Tensor:
     if _differentiating():
         return _func.relu(input)
-    return _ops.relu_forward.default(input)
+    return _relu_forward(input)
 
 
 def relu_forward_(input: Tensor) -> Tensor:
@@ -64,34 +76,34 @@ def relu_forward_(input: Tensor) -> Tensor:
         # copy_ is differentiable, batched and functionalized natively.
         input.copy_(relu_forward(input))
         return input
-    _ops.relu_forward_.default(input)
+    _relu_forward_(input)
     return input
 
 
 def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:
-    return _ops.relu_backward.default(grad_output, output)
+    return _relu_backward(grad_output, output)
 
 
 def log_softmax_forward(input: Tensor, dim: int) -> Tensor:
     if _differentiating():
         return _func.log_softmax(input, dim)
-    return _ops.log_softmax_forward.default(input, dim)
+    return _log_softmax_forward(input, dim)
 
 
 def log_softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
-    return _ops.log_softmax_backward.default(grad_output, output, dim)
+    return _log_softmax_backward(grad_output, output, dim)
 
 
 def nll_loss_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int,
                      ignore_index: int) -> Tuple[Tensor, Tensor]:
     if _differentiating():
         return _func.nll_loss(input, target, weight, reduction, ignore_index)
-    return _ops.nll_loss_forward.default(input, target, weight, reduction, ignore_index)
+    return _nll_loss_forward(input, target, weight, reduction, ignore_index)
 
 
 def nll_loss_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight: Optional[Tensor],
                       reduction: int, ignore_index: int, total_weight: Tensor) -> Tensor:
-    return _ops.nll_loss_backward.default(grad_output, input, target, weight, reduction, ignore_index,
+    return _nll_loss_backward(grad_output, input, target, weight, reduction, ignore_index,
                                   total_weight)
 
 
@@ -101,7 +113,7 @@ def cross_entropy_forward(input: Tensor, target: Tensor, weight: Optional[Tensor
     if _differentiating():
         return _func.cross_entropy(input, target, weight, reduction, ignore_index,
                                    label_smoothing)
-    return _ops.cross_entropy_forward.default(input, target, weight, reduction, ignore_index,
+    return _cross_entropy_forward(input, target, weight, reduction, ignore_index,
                                               label_smoothing)
 
 
@@ -109,7 +121,7 @@ def cross_entropy_backward(grad_output: Tensor, input: Tensor, target: Tensor,
                            weight: Optional[Tensor], reduction: int, ignore_index: int,
                            lse: Tensor, total_weight: Tensor,
                            label_smoothing: float = 0.0) -> Tensor:
-    return _ops.cross_entropy_backward.default(grad_output, input, target, weight, reduction,
+    return _cross_entropy_backward(grad_output, input, target, weight, reduction,
                                                ignore_index, lse, total_weight, label_smoothing)
 
 

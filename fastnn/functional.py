@@ -32,6 +32,7 @@ __all__ = ["linear", "relu", "log_softmax", "nll_loss", "cross_entropy"]
 
 _DEVICES = ("cpu", "cuda", "meta")
 _C_WITH_CUDA = bool(_C.WITH_CUDA)
+_any_autocast_enabled = torch._C._is_any_autocast_enabled
 
 
 def _check_device(op: str, t: Tensor) -> None:
@@ -79,6 +80,8 @@ def _float_arg(op: str, name: str, value) -> float:
 
 def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
     """The lower-precision dtype autocast asks for on t's device, or None if autocast is off."""
+    if not _any_autocast_enabled():  # the common case, one C call (constant under Dynamo)
+        return None
     if t.is_cpu:
         return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
     if t.is_cuda and torch.is_autocast_enabled("cuda"):
