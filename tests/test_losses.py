@@ -289,11 +289,15 @@ def test_cross_entropy_label_smoothing(device, dtype, shape, weighted, ignore_in
 @pytest.mark.parametrize("weighted", [False, True], ids=["noweight", "weight"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_cross_entropy_label_smoothing_edge_cases(device, dtype, weighted, reduction):
-    """All targets ignored (mean: NaN), an empty batch, and -inf logits (the smoothing
-    term sees log(0) = -inf: the loss is inf, as natively)."""
+    """All targets ignored or weighted 0 (mean: NaN, though the smoothing term is not 0),
+    an empty batch, and -inf logits (the smoothing term sees log(0) = -inf: the loss is
+    inf, as natively)."""
     kw = dict(reduction=reduction, label_smoothing=0.2)
     x, t, w = make_inputs((6, 4), dtype, device, weighted=weighted)
     check_loss("ce", x, torch.full_like(t, -100), w, kw, dtype, equal_nan=True)
+    if weighted:  # targets in classes 0 and 1 only, weighted 0; classes 2 and 3 are not
+        w[:2] = 0
+        check_loss("ce", x, t % 2, w, kw, dtype, equal_nan=True)
     x, t, w = make_inputs((0, 4), dtype, device, weighted=weighted)
     check_loss("ce", x, t, w, kw, dtype, equal_nan=True)
     x, t, w = make_inputs((3, 4), dtype, device, weighted=weighted)

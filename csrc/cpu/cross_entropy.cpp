@@ -12,7 +12,7 @@
 //   loss[n, s] = (1 - eps) * that - eps / C * sum_c w[c] * ((x[n, c, s] - m) - ls)
 //   total_weight = sum of w[t] over non-ignored positions (0-dim, every reduction)
 //   reduction none -> loss (target's shape, 0 where ignored); sum -> sum of loss;
-//   mean -> sum of loss / total_weight (NaN when nothing is counted, like torch).
+//   mean -> sum of loss / total_weight (NaN when total_weight is 0, like torch).
 // Backward (from the saved lse, no saved log-probs), g = grad_output[n, s] (none),
 // grad_output (sum) or grad_output / total_weight (mean):
 //   grad[n, c, s] = g * w[t] * (exp((x[n, c, s] - m) - ls) - [c == t]),  0 if ignored,

@@ -7,8 +7,8 @@
 //   total_weight = sum over non-ignored positions of w[t]   (0-dim, input dtype,
 //                  computed for every reduction)
 //   reduction none: loss has target's shape, ignored positions are 0;
-//             sum:  sum of loss;  mean: sum of loss / total_weight (NaN when all are
-//             ignored or the batch is empty, like torch).
+//             sum:  sum of loss;  mean: sum of loss / total_weight (NaN when
+//             total_weight is 0: all ignored, weighted 0 or an empty batch, like torch).
 // Targets outside [0, C) other than ignore_index raise IndexError.
 // float16 / bfloat16: computed in float32 and rounded once (each -w[t] * input is exact
 // in float32; the sums accumulate in double as for float32).

@@ -7,7 +7,7 @@
 //   l_i    = -w[t] * ((x[n, t, s] - m_i) - log(sum ...)),  t = target[i];
 //            l_i = w_i = 0 when t == ignore_index; with label smoothing eps > 0
 //            l_i = (1 - eps) * that - eps / C * sum_c w[c] * ((x[n, c, s] - m_i) - lg_i)
-//   loss   = l (none, target's shape) | sum_i l_i (sum) | sum_i l_i / sum_i w_i (mean)
+//   loss   = l (none, target's shape) | sum_i l_i (sum) | sum_i l_i / sum_i w_i (mean; NaN if 0)
 //   total_weight = sum_i w_i (0-dim, input dtype, every reduction)
 //   lse (the log-sum-exp, kept for the backward) is returned as the pairs
 //   (m_i, lg_i): the target's shape plus a last dim of 2 (see lse_shape in

@@ -6,7 +6,7 @@
 //   per position i = (n, s) with t = target[i]:
 //     l_i = -w[t] * x[n, t, s],  w_i = w[t];   l_i = w_i = 0 when t == ignore_index
 //   reduction none: loss = l (target's shape); sum: sum_i l_i;
-//   mean: sum_i l_i / sum_i w_i (NaN when every target is ignored, as native).
+//   mean: sum_i l_i / sum_i w_i (NaN when the total weight is 0, as native).
 //   total_weight = sum_i w_i as a 0-dim tensor of the input dtype, for every
 //   reduction. Sums accumulate in acc_t<T> and are rounded once.
 //   A target outside [0, C) that is not ignore_index fails a device-side

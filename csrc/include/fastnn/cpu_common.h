@@ -6,9 +6,8 @@
 #include <ATen/core/Reduction.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
-#include <c10/util/MaybeOwned.h>
-
 #include <c10/util/Half.h>
+#include <c10/util/MaybeOwned.h>
 
 #include <algorithm>
 #include <cmath>
@@ -17,6 +16,8 @@
 #include <optional>
 #include <type_traits>
 #include <vector>
+
+#include "fastnn/loss_shapes.h"
 
 namespace fastnn {
 
@@ -77,14 +78,14 @@ LossPartial reduce_in_chunks(int64_t P, int64_t chunk, int64_t chunks_per_task,
 }
 
 // Writes the 0-dim results of a loss forward from its summed partials: total_weight
-// always; the loss for 'mean' (sum / total_weight, NaN when every position is ignored,
-// as in torch) and 'sum' ('none' wrote its per-position losses already).
+// always; the loss for 'mean' (mean_of: sum / total_weight, NaN when that is 0) and
+// 'sum' ('none' wrote its per-position losses already).
 template <typename T>
 void write_reduced(const LossPartial& total, int64_t reduction, const at::Tensor& loss,
                    const at::Tensor& total_weight) {
   *total_weight.data_ptr<T>() = static_cast<T>(total.weight);
   if (reduction == at::Reduction::Mean)
-    *loss.data_ptr<T>() = static_cast<T>(total.loss / total.weight);  // 0/0 = NaN
+    *loss.data_ptr<T>() = static_cast<T>(mean_of(total.loss, total.weight));
   else if (reduction == at::Reduction::Sum)
     *loss.data_ptr<T>() = static_cast<T>(total.loss);
 }

@@ -30,6 +30,7 @@
 #include <c10/util/Half.h>
 
 #include "fastnn/dispatch.h"
+#include "fastnn/loss_shapes.h"
 
 namespace fastnn {
 namespace cuda {
@@ -199,7 +200,7 @@ template <typename T>
 __device__ __forceinline__ void write_loss_result(acc_t<T> ls, acc_t<T> ws, T* loss,
                                                   T* total_weight, int reduction) {
   if (loss != nullptr) {
-    loss[0] = from_acc<T>(reduction == at::Reduction::Mean ? ls / ws : ls);
+    loss[0] = from_acc<T>(reduction == at::Reduction::Mean ? mean_of(ls, ws) : ls);
   }
   total_weight[0] = from_acc<T>(ws);
 }

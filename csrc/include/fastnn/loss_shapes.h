@@ -1,4 +1,5 @@
-// Shape handling shared by the NLL and cross-entropy kernels on every device.
+// Shape handling (and the 'mean' rule) shared by the NLL and cross-entropy kernels on
+// every device.
 //
 // A loss input is (N, C), (C) or (N, C, d1, ..., dk); its target is (N), () or
 // (N, d1, ..., dk). Kernels see the input as a dense [N, C, S] block with
@@ -8,12 +9,22 @@
 
 #include <ATen/core/Reduction.h>
 #include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
 
 #include "fastnn/checks.h"
 
+#include <cmath>
 #include <vector>
 
 namespace fastnn {
+
+// A loss's 'mean': sum / total weight, and NaN when the total weight is 0 (every position
+// ignored, or weighted 0). Native's mean is 0 / 0 there, NaN also when label smoothing
+// adds a non-zero term to the sum (which alone would give an infinity).
+template <typename A>
+C10_HOST_DEVICE inline A mean_of(A sum, A total_weight) {
+  return total_weight == A(0) ? A(NAN) : sum / total_weight;
+}
 
 struct LossShape {
   int64_t N;  // batch (1 for a (C) input)
