@@ -33,6 +33,7 @@ __all__ = ["linear", "relu", "log_softmax", "nll_loss", "cross_entropy"]
 _DEVICES = ("cpu", "cuda", "meta")
 _C_WITH_CUDA = bool(_C.WITH_CUDA)
 _any_autocast_enabled = torch._C._is_any_autocast_enabled
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _check_device(op: str, t: Tensor) -> None:
@@ -117,6 +118,11 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
             raise RuntimeError(f"fastnn.linear: `bias` of shape {list(bias.shape)} does not "
                                f"broadcast to the output's shape {out_shape}; pass a bias of "
                                f"shape [{weight.shape[0]}] (out_features).")
+        if input.dtype in _HALF_DTYPES:
+            # the sum in float32, rounded once, as the fused bias does it (a half-type
+            # product rounded before the add would lose what the add cancels)
+            out = _ops.linear_forward(input.float(), weight.float(), None) + bias.float()
+            return out.to(input.dtype)
         return _ops.linear_forward(input, weight, None) + bias
     return _ops.linear_forward(input, weight, bias)
 

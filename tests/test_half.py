@@ -49,6 +49,29 @@ def test_half_linear_vs_float64_reference(device, dtype, batch, fin, fout):
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
+@pytest.mark.parametrize("bias_shape", [(), (1,), (9, 1), (9, 12)], ids=str)
+def test_half_linear_broadcast_bias_rounds_once(device, dtype, bias_shape):
+    """A bias of another shape that broadcasts to the output's is added in float32 too:
+    the product is not rounded before the add (which can cancel most of it)."""
+    x = randn(9, 40, dtype=dtype, device=device)
+    w = init_weight(12, 40, dtype=dtype, device=device)
+    prod = x.double() @ w.double().t()  # a bias that cancels it (in at least one element)
+    b = (-prod[:bias_shape[0], :bias_shape[1]] if len(bias_shape) == 2 else -prod[0, 0])
+    b = b.reshape(bias_shape).to(dtype)
+    g = randn(9, 12, dtype=dtype, device=device)
+    outs = []
+    for fn in (F.linear, FF.linear):
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        y = fn(xs, ws, bs)
+        y.backward(g)
+        outs.append((y.detach(), xs.grad, ws.grad, bs.grad))
+    x64, w64, b64, g64 = (t.double() for t in (x, w, b, g))
+    refs = (F.linear(x64, w64, b64), g64 @ w64, g64.t() @ x64, g64.sum_to_size(bias_shape))
+    for native, fast, ref in zip(outs[0], outs[1], refs):
+        assert_no_worse_than_native(fast, native, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
 def test_half_linear_rounds_once_on_cpu(dtype):
     """On the CPU the half-type product is the float32 product rounded once: bitwise
     float32's GEMM result (fastnn's float32 path) rounded to the half type."""
