@@ -123,7 +123,7 @@ inline C smoothed_loss(C nll, const T* x_ns, const T* w, C m, C ls, const Args& 
 
 // Accumulates position p's loss given its m and ls; writes the none-reduction entry.
 template <typename T, typename C = acc_t<T>>
-inline void add_loss(LossPartial& acc, const T* x_ns /* x at (n, 0, s) */, const int64_t* tgt,
+inline void add_loss(LossSums& acc, const T* x_ns /* x at (n, 0, s) */, const int64_t* tgt,
                      const T* w, T* out_none, int64_t p, C m, C ls, const Args& a) {
   const int64_t t = tgt[p];
   if (t == a.ignore_index) {
@@ -135,8 +135,7 @@ inline void add_loss(LossPartial& acc, const T* x_ns /* x at (n, 0, s) */, const
   C v = -wt * ((static_cast<C>(x_ns[t * a.S]) - m) - ls);
   if (a.eps != 0) v = smoothed_loss(v, x_ns, w, m, ls, a);
   if (out_none) out_none[p] = static_cast<T>(v);
-  acc.loss += static_cast<double>(v);
-  acc.weight += static_cast<double>(wt);
+  acc.add(v, w, t);
 }
 
 // Position p's log-sum-exp, in its two parts (see lse_shape in loss_shapes.h).
@@ -150,7 +149,7 @@ inline void store_lse(C* lse, int64_t p, C m, C ls) {
 template <typename T, typename Acc = acc_t<T>>
 LossPartial forward_scalar(const T* x, const int64_t* tgt, const T* w, T* out_none, Acc* lse,
                        int64_t p0, int64_t p1, const Args& a) {
-  LossPartial acc;
+  LossSums acc;
   const int64_t C = a.C, S = a.S;
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n = p / S, s = p - n * S;
@@ -163,7 +162,7 @@ LossPartial forward_scalar(const T* x, const int64_t* tgt, const T* w, T* out_no
     store_lse(lse, p, m, ls);
     add_loss(acc, xr, tgt, w, out_none, p, m, ls, a);
   }
-  return acc;
+  return acc.partial(w != nullptr);
 }
 
 #if FASTNN_HAVE_X86
@@ -176,7 +175,7 @@ FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_
   using T = typename A::T;
   using Acc = typename A::C;
   using V = typename A::V;
-  LossPartial acc;
+  LossSums acc;
   const int64_t C = a.C, S = a.S;
   alignas(32) Acc mv[A::W], lv[A::W];
   if (S == 1) {
@@ -213,7 +212,7 @@ FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_
         add_loss(acc, x + (p + k) * C, tgt, w, out_none, p + k, mv[k], lv[k], a);
       }
     }
-    return acc;
+    return acc.partial(w != nullptr);
   }
   for (int64_t p = p0; p < p1;) {
     const int64_t n = p / S, s0 = p - n * S;
@@ -233,7 +232,7 @@ FASTNN_TARGET_AVX2 LossPartial forward_avx2(const typename A::T* x, const int64_
     }
     p += s1 - s0;
   }
-  return acc;
+  return acc.partial(w != nullptr);
 }
 #endif
 

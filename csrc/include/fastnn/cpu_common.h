@@ -36,6 +36,26 @@ struct LossPartial {
   double loss = 0, weight = 0;
 };
 
+// Accumulates a loss forward's LossPartial position by position. Without class weights
+// the total weight is a count of the positions, kept in an integer rather than a second
+// double sum: GCC pairs two double sums into one vector that it keeps in memory, a
+// store-to-load round trip per position (3.7x slower for NLL at 16384 x 10).
+struct LossSums {
+  double loss = 0, weight = 0;
+  int64_t count = 0;
+  template <typename A, typename T>
+  void add(A v, const T* w, int64_t t) {  // a position of class t and loss v
+    loss += static_cast<double>(v);
+    if (w)
+      weight += static_cast<double>(w[t]);
+    else
+      ++count;
+  }
+  LossPartial partial(bool weighted) const {
+    return {loss, weighted ? weight : static_cast<double>(count)};
+  }
+};
+
 // The class weight as a dense tensor, or an undefined one when there is none.
 inline c10::MaybeOwned<at::Tensor> contiguous_weight(const std::optional<at::Tensor>& weight) {
   return weight.has_value() && weight->defined()
