@@ -12,7 +12,11 @@
 //   * inner == 1 (dim is the last dim): rows of D contiguous elements; per row one
 //     pass for the max, one for sum(exp(x - max)) and one writing y, all while the row
 //     is in L1. Rows are split across threads with at::parallel_for (grain: about
-//     64 KiB of input per task, so small tensors run on the calling thread).
+//     64 KiB of input per task, so small tensors run on the calling thread). The
+//     forward of short rows (D <= 32, e.g. 10 classes) goes 8 floats / 4 doubles at a
+//     time, one row per vector lane (gathered element by element): its max, sum and
+//     log need no horizontal reduction. (The same for the backward's sum measured
+//     slower than a row at a time: 1024 x 10, 23.2 vs 20.5 us; gathers are slow here.)
 //   * inner > 1: no transposing copy; for each outer index, blocks of up to 128
 //     adjacent inner columns are processed together: the per-column max and sum of exp
 //     live in a small L1 scratch, and each pass (max, sum of exp, write) walks the D
@@ -274,7 +278,8 @@ void forward_impl(const T* x, T* y, const Geometry& g) {
     for_each_slice<T>(
         g,
         [&](int64_t b, int64_t e) {
-          if (D <= vec::kMaxGatherRow) return fwd_short_rows_avx2<A>(x + b * D, y + b * D, e - b, D);
+          if (D <= vec::kMaxGatherRow)
+            return fwd_short_rows_avx2<A>(x + b * D, y + b * D, e - b, D);
           for (int64_t r = b; r < e; ++r) fwd_row_avx2<A>(x + r * D, y + r * D, D);
         },
         [&](int64_t o, int64_t j, int64_t w) {
