@@ -118,7 +118,7 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
             raise RuntimeError(f"fastnn.linear: `bias` of shape {list(bias.shape)} does not "
                                f"broadcast to the output's shape {out_shape}; pass a bias of "
                                f"shape [{weight.shape[0]}] (out_features).")
-        if input.dtype in _HALF_DTYPES:
+        if input.dtype in _HALF_DTYPES and weight.dtype == input.dtype:
             # the sum in float32, rounded once, as the fused bias does it (a half-type
             # product rounded before the add would lose what the add cancels)
             out = _ops.linear_forward(input.float(), weight.float(), None) + bias.float()

@@ -68,6 +68,15 @@ def test_half_linear_broadcast_bias_rounds_once(device, dtype, bias_shape):
     check_linear_vs_float64(x, w, b, g, dtype)
 
 
+def test_half_linear_broadcast_bias_checks_the_weight_dtype(device):
+    """The float32 detour of a broadcast bias still refuses a weight of another dtype."""
+    x = randn(2, 3, dtype=torch.bfloat16, device=device)
+    b = randn(dtype=torch.bfloat16, device=device)
+    for wdtype in (torch.float32, torch.float64):
+        with pytest.raises(RuntimeError, match="`weight` has dtype"):
+            FF.linear(x, randn(4, 3, dtype=wdtype, device=device), b)
+
+
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
 def test_half_linear_rounds_once_on_cpu(dtype):
     """On the CPU the half-type product is the float32 product rounded once: bitwise

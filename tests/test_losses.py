@@ -308,6 +308,24 @@ def test_cross_entropy_label_smoothing_edge_cases(device, dtype, weighted, reduc
     assert_close(got, want, dtype, k=12, equal_nan=True)
 
 
+def test_cross_entropy_zero_total_weight_derivatives_are_nan(device):
+    """'mean' over a total weight of 0 with label smoothing: the loss, its gradient, its
+    second derivative and its forward-mode tangent are NaN, as natively (not +-inf)."""
+    x = torch.randn(3, 4, dtype=torch.float64, device=device)
+    t = torch.tensor([1, 1, 2], device=device)
+    w = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64, device=device)
+    for fn in (FF.cross_entropy, F.cross_entropy):
+        xs = x.clone().requires_grad_()
+        loss = fn(xs, t, weight=w, label_smoothing=0.3)
+        g, = torch.autograd.grad(loss, xs, create_graph=True)
+        gg, = torch.autograd.grad(g.sum(), xs)
+        with torch.autograd.forward_ad.dual_level():
+            dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
+            tangent = torch.autograd.forward_ad.unpack_dual(
+                fn(dual, t, weight=w, label_smoothing=0.3)).tangent
+        assert all(v.isnan().all() for v in (loss, g, gg, tangent)), fn
+
+
 def test_cross_entropy_label_smoothing_zero_is_plain(device, dtype):
     """label_smoothing=0 takes the unsmoothed path: bitwise the default's loss and grad."""
     x, t, w = make_inputs((9, 6, 2), dtype, device, ignore_index=1, weighted=True)

@@ -35,6 +35,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -56,6 +57,14 @@ at::Tensor sum_over_classes(const at::Tensor& v, const at::Tensor& x, int64_t re
   return reduction == at::Reduction::None ? v.sum(class_dim(x)) : v.sum();
 }
 
+// g / total_weight ('mean'), NaN when total_weight is 0, as the loss itself (mean_of in
+// loss_shapes.h) and as natively: g / 0 would be an infinity where label smoothing keeps
+// the rest of the term non-zero.
+at::Tensor over_total_weight(const at::Tensor& g, const at::Tensor& total_weight) {
+  return (g / total_weight)
+      .masked_fill(total_weight.eq(0), std::numeric_limits<double>::quiet_NaN());
+}
+
 // The derivative of cross_entropy_backward's output dx in x, applied to v (x's shape): dx
 // is soft * p - (terms constant in x), so this is soft * p * (v - sum_c v * p), with
 // soft = g ((1 - eps) w[t] + eps / C * sum(w)) (/ total_weight for 'mean'), 0 at ignored
@@ -67,7 +76,7 @@ at::Tensor softmax_term(const at::Tensor& g, const at::Tensor& x, const at::Tens
   const int64_t cd = class_dim(x);
   const at::Tensor keep = t.ne(ignore_index);
   const double C = static_cast<double>(x.size(cd));
-  at::Tensor soft = reduction == at::Reduction::Mean ? g / total_weight : g;
+  at::Tensor soft = reduction == at::Reduction::Mean ? over_total_weight(g, total_weight) : g;
   if (w.defined()) {
     at::Tensor wt = w.take(t.masked_fill(keep.logical_not(), 0)) * (1.0 - eps);
     if (eps != 0) wt = wt + w.sum() * (eps / C);
@@ -132,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_autograd(
         at::ones_like(loss), x, target, weight, mean ? at::Reduction::Sum : reduction,
         ignore_index, lse, total_weight, label_smoothing);
     const at::Tensor t = sum_over_classes(per_unit * autograd::tangent(input), x, reduction);
-    autograd::set_tangent(loss, mean ? t / total_weight : t);
+    autograd::set_tangent(loss, mean ? over_total_weight(t, total_weight) : t);
     return out;
   }
   if (!autograd::needs_graph(input)) {
