@@ -8,8 +8,9 @@
 #
 # STEPS="tests memcheck ..." runs only the named steps (after the build, which is
 # incremental when the build folder is kept), so the checks can be split over several
-# shorter runs: build tests gemm_check wgmma_check ops_check memcheck racecheck
-# wgmma_memcheck, and in full mode bench wgmma_bench train train_graph.
+# shorter runs: build tests gemm_check wgmma_check ops_check fuzz memcheck racecheck
+# wgmma_memcheck, and in full mode bench wgmma_bench train train_graph. fuzz runs
+# scripts/fuzz_ops.py on the GPU for FUZZ_SECONDS (default 120).
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR [quick]}
 MODE=${2:-full}
@@ -24,7 +25,7 @@ if [ -x "${FASTNN_CXX:-/usr/bin/g++}" ]; then
   export CC=${FASTNN_CC:-/usr/bin/gcc} CXX=${FASTNN_CXX:-/usr/bin/g++}
 fi
 declare -A status
-ALL_STEPS="build tests gemm_check wgmma_check ops_check memcheck racecheck wgmma_memcheck bench wgmma_bench train train_graph"
+ALL_STEPS="build tests gemm_check wgmma_check ops_check fuzz memcheck racecheck wgmma_memcheck bench wgmma_bench train train_graph"
 if [ -n "${STEPS:-}" ]; then
   STEPS=$(echo "$STEPS" | tr ',\t\n' '   ')
   for s in $STEPS; do
@@ -55,6 +56,7 @@ step gemm_check gemm_check.log $PY scripts/gemm_check.py
 # then (full mode) the timings with it on the large problems.
 step wgmma_check wgmma_check.log env FASTNN_WGMMA=all $PY scripts/gemm_check.py --no-bench
 step ops_check ops_check.log $PY scripts/ops_check.py
+step fuzz fuzz.log $PY scripts/fuzz_ops.py --device cuda --seconds "${FUZZ_SECONDS:-120}" --out "$OUT/fuzz.jsonl"
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 step memcheck memcheck.log compute-sanitizer --tool memcheck --error-exitcode 1 $PY scripts/sanitize_ops.py
 step racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 1 $PY scripts/sanitize_ops.py

@@ -1,6 +1,7 @@
 """End-to-end smoke tests of the scripts, so they cannot rot: the training script
 (``python -m fastnn.train``) on a few hundred samples, the checkpoint round trip, the
-read-only data-root handling, and the benchmarks' --quick mode on the CPU.
+read-only data-root handling, the benchmarks' --quick mode and a few seconds of the
+differential fuzz on the CPU.
 
 No speed or accuracy assertions. Everything is written under pytest's tmp_path.
 The training test uses the real MNIST files when it finds them ($FASTNN_DATA, or
@@ -145,6 +146,15 @@ def test_benchmarks_quick(tmp_path):
     errors += [(r["variant"], r["error"]) for r in result["step"]["rows"] if "error" in r]
     assert not errors, errors
     assert {r["variant"] for r in result["step"]["rows"]} >= {"native eager", "fastnn eager"}
+
+
+def test_fuzz_ops_smoke():
+    """A few seconds of scripts/fuzz_ops.py on the CPU (the same first seeds every run)."""
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "fuzz_ops.py"),
+                           "--seconds", "3", "--seed", "0"],
+                          capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " 0 with findings" in proc.stdout
 
 
 def test_benchmark_kernel_time_table():
