@@ -69,7 +69,8 @@ TORCH_LIBRARY(fastnn, m) {
   m.def("log_softmax_backward(Tensor grad_output, Tensor output, int dim) -> Tensor");
 
   // NLLLoss with native semantics. Returns (loss, total_weight); total_weight is
-  // the 0-dim sum of the weights of the non-ignored targets.
+  // the 0-dim sum of the weights of the non-ignored targets, in the input's dtype but
+  // float32 for float16 / bfloat16 (where native's overflows; loss_shapes.h).
   m.def(
       "nll_loss_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index)"
       " -> (Tensor, Tensor)");

@@ -229,7 +229,7 @@ class _CrossEntropy(_Loss):
                                                2 if mean else ctx.reduction, ctx.ignore_index,
                                                lse, total_weight, *ctx.options)
         loss_t = _sum_over_classes(per_unit * x_t, input, ctx.reduction)
-        return (loss_t / total_weight if mean else loss_t), None, None
+        return (_over_total_weight(loss_t, total_weight) if mean else loss_t), None, None
 
 
 # The backward ops, differentiable again (gradients of gradients: a nested torch.func.grad,
@@ -420,13 +420,20 @@ def _sum_over_classes(v: Tensor, x: Tensor, reduction: int) -> Tensor:
     return v.sum(0 if x.dim() == 1 else 1) if reduction == 0 else v.sum()
 
 
+def _over_total_weight(g, total_weight):
+    """g / total_weight ('mean'), NaN when total_weight is 0 (as the loss itself), divided
+    in total_weight's dtype (float32 for the half types) and rounded once to g's."""
+    q = (g.to(total_weight.dtype) / total_weight).masked_fill(total_weight == 0, float("nan"))
+    return q.to(g.dtype)
+
+
 def _softmax_term(g, x, t, w, reduction, ignore_index, total_weight, eps, v):
     """The derivative of cross_entropy_backward's dx in x applied to v (x's shape): dx is
     soft * p minus terms constant in x, so this is soft * p * (v - sum_c v * p), 0 at ignored
     positions. Symmetric, so the double backward (v = gg) and jvp (v = x_t) share it."""
     cd = 0 if x.dim() == 1 else 1
     keep = t != ignore_index
-    soft = g / total_weight if reduction == 1 else g
+    soft = _over_total_weight(g, total_weight) if reduction == 1 else g
     if w is not None:
         wt = w[t.masked_fill(~keep, 0)] * (1.0 - eps)
         if eps != 0:

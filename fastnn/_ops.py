@@ -104,7 +104,7 @@ def nll_loss_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], re
 def nll_loss_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight: Optional[Tensor],
                       reduction: int, ignore_index: int, total_weight: Tensor) -> Tensor:
     return _nll_loss_backward(grad_output, input, target, weight, reduction, ignore_index,
-                                  total_weight)
+                              total_weight)
 
 
 def cross_entropy_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: int,
@@ -114,7 +114,7 @@ def cross_entropy_forward(input: Tensor, target: Tensor, weight: Optional[Tensor
         return _func.cross_entropy(input, target, weight, reduction, ignore_index,
                                    label_smoothing)
     return _cross_entropy_forward(input, target, weight, reduction, ignore_index,
-                                              label_smoothing)
+                                  label_smoothing)
 
 
 def cross_entropy_backward(grad_output: Tensor, input: Tensor, target: Tensor,
@@ -122,7 +122,7 @@ def cross_entropy_backward(grad_output: Tensor, input: Tensor, target: Tensor,
                            lse: Tensor, total_weight: Tensor,
                            label_smoothing: float = 0.0) -> Tensor:
     return _cross_entropy_backward(grad_output, input, target, weight, reduction,
-                                               ignore_index, lse, total_weight, label_smoothing)
+                                   ignore_index, lse, total_weight, label_smoothing)
 
 
 # ----------------------------------------------------------------------------- fake kernels
@@ -139,8 +139,8 @@ def _dense(t: Tensor, shape=None, dtype=None) -> Tensor:
     return t.new_empty(t.shape if shape is None else shape, dtype=dtype or t.dtype)
 
 
-def _lse_dtype(input: Tensor) -> torch.dtype:
-    # Half-precision logits keep their log-sum-exp in float32.
+def _acc_dtype(input: Tensor) -> torch.dtype:
+    # A loss over half-precision inputs keeps its log-sum-exp and total weight in float32.
     return torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
 
 
@@ -196,7 +196,8 @@ def _loss_shape(target: Tensor, reduction: int):
 @torch.library.register_fake("fastnn::nll_loss_forward")
 def _(input, target, weight, reduction, ignore_index):
     _check_one_device("nll_loss_forward", input, target, weight)
-    return _dense(input, _loss_shape(target, reduction)), _dense(input, ())
+    return (_dense(input, _loss_shape(target, reduction)),
+            _dense(input, (), _acc_dtype(input)))
 
 
 @torch.library.register_fake("fastnn::nll_loss_backward")
@@ -209,8 +210,8 @@ def _(grad_output, input, target, weight, reduction, ignore_index, total_weight)
 def _(input, target, weight, reduction, ignore_index, label_smoothing=0.0):
     _check_one_device("cross_entropy_forward", input, target, weight)
     return (_dense(input, _loss_shape(target, reduction)),
-            _dense(input, (*target.shape, 2), _lse_dtype(input)),  # (max, log-sum) pairs
-            _dense(input, ()))
+            _dense(input, (*target.shape, 2), _acc_dtype(input)),  # (max, log-sum) pairs
+            _dense(input, (), _acc_dtype(input)))
 
 
 @torch.library.register_fake("fastnn::cross_entropy_backward")

@@ -321,12 +321,13 @@ def check_losses():
                                      red, ii).to(DEV)
                         close(name + " loss", loss, ref, dtype, native=ref_fn(x, t, w, red, ii),
                               shape=ts if red == 0 else (), out_dtype=dtype)
-                        close(name + " total_weight", tw, ref_total_weight(t, w, ii, C), dtype,
-                              shape=(), out_dtype=dtype)
+                        # total_weight and lse in the accumulation dtype (float32 for halves)
+                        adt = torch.float64 if dtype == torch.float64 else torch.float32
+                        close(name + " total_weight", tw, ref_total_weight(t, w, ii, C), adt,
+                              shape=(), out_dtype=adt)
                         if kind == "ce":
                             lse = out[1]  # (max, log-sum) pairs
                             lref = torch.logsumexp(x.double(), 1 if len(xs) > 1 else 0)
-                            adt = torch.float64 if dtype == torch.float64 else torch.float32
                             if tuple(lse.shape) != (*ts, 2):
                                 fail(f"{name} lse: shape {tuple(lse.shape)} != {(*ts, 2)}")
                             else:

@@ -209,6 +209,13 @@ def test_loss_backward_bad_aux_inputs(device):
     _, h_lse, h_tw = ops.cross_entropy_forward(h, t, None, 1, -100)
     with pytest.raises(RuntimeError, match="`lse` has dtype Half but must be Float"):
         ops.cross_entropy_backward(one.half(), h, t, None, 1, -100, h_lse.half(), h_tw)
+    # total_weight likewise: float32 for the half types, the input's dtype otherwise
+    with pytest.raises(RuntimeError, match="`total_weight` has dtype Half but must be Float"):
+        ops.cross_entropy_backward(one.half(), h, t, None, 1, -100, h_lse, h_tw.half())
+    with pytest.raises(RuntimeError, match="`total_weight` has dtype Half but must be Float"):
+        ops.nll_loss_backward(one.half(), h, t, None, 1, -100, h_tw.half())
+    with pytest.raises(RuntimeError, match="`total_weight` has dtype Double but must be Float"):
+        ops.nll_loss_backward(one, x, t, None, 1, -100, tw.double())
     ones = torch.ones(3, device=device)
     with pytest.raises(RuntimeError):  # grad_output of the wrong shape for reduction='none'
         ops.nll_loss_backward(ones, x, t, None, 0, -100, tw)

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 import fastnn
@@ -130,11 +131,12 @@ def test_half_losses_stay_finite(device, dtype):
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
 def test_half_cross_entropy_outputs(device, dtype):
-    """Loss in the input dtype, lse kept in float32 (as the fake kernel says)."""
+    """Loss in the input dtype, lse and total_weight kept in float32 (as the fake kernel
+    says)."""
     x = randn(8, 5, dtype=dtype, device=device)
     t = torch.randint(0, 5, (8,), device=device)
     loss, lse, tw = torch.ops.fastnn.cross_entropy_forward(x, t, None, 1, -100)
-    assert loss.dtype == dtype and tw.dtype == dtype
+    assert loss.dtype == dtype and tw.dtype == torch.float32
     assert lse.dtype == torch.float32 and lse.shape == (8, 2)
     torch.testing.assert_close(lse[:, 0], x.float().amax(1), rtol=0, atol=0)
     torch.testing.assert_close(lse.sum(1), torch.logsumexp(x.float(), 1), rtol=1e-5, atol=1e-5)
@@ -207,21 +209,68 @@ def test_autocast_training_step_like_native(device):
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=3e-2, atol=3e-2)
 
 
-def test_float16_total_weight_overflow_is_an_error_in_backward():
-    """Over 65504 counted targets, float16's total_weight (returned in the input's dtype,
-    as natively) is inf: the forward's mean is still right (it is computed in double), but
-    the 'mean' gradient would be all zeros, so the backward says so (CPU)."""
-    x = randn(70000, 4, dtype=torch.float16).requires_grad_()
-    t = torch.randint(0, 4, (70000,))
-    loss = FF.cross_entropy(x, t)
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)
+@pytest.mark.parametrize("shape", [(70000, 4), (1, 3, 256, 256)], ids=["70000x4", "1x3x256x256"])
+def test_half_mean_over_more_than_65504_targets(device, dtype, shape):
+    """A loss's total_weight is float32 for the half types: past 65504 counted targets
+    (a 256 x 256 segmentation map is 65536) native's float16 total_weight is inf and its
+    'mean' gradient silently all zeros; fastnn's is the float64 reference's, rounded."""
+    x = randn(*shape, dtype=dtype, device=device)
+    t_shape = (shape[0],) + shape[2:]
+    t = torch.randint(0, shape[1], t_shape, device=device)
+    _, tw = torch.ops.fastnn.nll_loss_forward(x, t, None, 1, -100)
+    assert tw.dtype == torch.float32 and tw.item() == t.numel()
+    ref_x = x.double().requires_grad_()
+    F.cross_entropy(ref_x, t).backward()
+    xf = x.clone().requires_grad_()
+    loss = FF.cross_entropy(xf, t)
     torch.testing.assert_close(loss.double(), F.cross_entropy(x.double(), t), rtol=2e-3, atol=0)
-    with pytest.raises(RuntimeError, match="overflows float16"):
-        loss.backward()
-    lp = F.log_softmax(x.detach(), 1).requires_grad_()
-    with pytest.raises(RuntimeError, match="overflows float16"):
-        FF.nll_loss(lp, t).backward()
-    FF.nll_loss(lp, t, reduction="sum").backward()  # 'sum' does not divide: fine
-    assert lp.grad.count_nonzero() == 70000
+    loss.backward()
+    assert xf.grad.dtype == dtype
+    # entries ~1e-5 are subnormal in float16: allow its subnormal spacing
+    atol = 2.0 ** -24 if dtype == torch.float16 else 0.0
+    torch.testing.assert_close(xf.grad.double(), ref_x.grad, rtol=8e-3, atol=atol)
+    lp = F.log_softmax(x.double(), 1).to(dtype).requires_grad_()
+    FF.nll_loss(lp, t).backward()
+    ref = torch.zeros_like(lp, dtype=torch.float64).scatter_(1, t.unsqueeze(1), -1 / t.numel())
+    torch.testing.assert_close(lp.grad.double(), ref, rtol=8e-3, atol=atol)
+
+
+@pytest.mark.parametrize("path", ["autograd", "torch.func"])
+def test_float16_mean_over_more_than_65504_targets_higher_derivatives(device, path):
+    """The loss's tangent and its second derivative divide by the float32 total_weight
+    too (in float32, rounded once to float16), in the C++ autograd and the torch.func
+    path alike."""
+    x = randn(70000, 4, dtype=torch.float16, device=device)
+    v = randn(70000, 4, dtype=torch.float16, device=device)
+    t = torch.randint(0, 4, (70000,), device=device)
+    w = torch.rand(4, device=device).half()
+    weights = {torch.float16: w, torch.float64: w.double()}
+
+    def loss(fn, x, dtype):
+        return fn(x, t, weight=weights[dtype], label_smoothing=0.1)
+
+    def second(fn, x, dtype):  # d/dx of <dloss/dx, v>
+        if path == "torch.func":
+            g = torch.func.grad(lambda y: loss(fn, y, dtype))
+            return torch.func.grad(lambda y: (g(y).to(dtype) * v.to(dtype)).sum())(x)
+        x = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(loss(fn, x, dtype), x, create_graph=True)
+        return torch.autograd.grad((g * v.to(dtype)).sum(), x)[0]
+
+    if path == "torch.func":
+        tan = torch.func.jvp(lambda y: loss(FF.cross_entropy, y, x.dtype), (x,), (v,))[1]
+    else:
+        with fwAD.dual_level():
+            tan = fwAD.unpack_dual(loss(FF.cross_entropy, fwAD.make_dual(x, v), x.dtype)).tangent
+    ref = torch.func.jvp(lambda y: loss(F.cross_entropy, y, torch.float64), (x.double(),),
+                         (v.double(),))[1]
+    assert tan.dtype == torch.float16
+    torch.testing.assert_close(tan.double(), ref, rtol=1e-2, atol=1e-6)
+    got, ref = second(FF.cross_entropy, x, x.dtype), second(F.cross_entropy, x.double(),
+                                                             torch.float64)
+    assert got.dtype == torch.float16 and got.count_nonzero() > 0
+    torch.testing.assert_close(got.double(), ref, rtol=2e-2, atol=4 * 2.0 ** -24)
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=HALF_IDS)

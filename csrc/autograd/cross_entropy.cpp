@@ -59,10 +59,12 @@ at::Tensor sum_over_classes(const at::Tensor& v, const at::Tensor& x, int64_t re
 
 // g / total_weight ('mean'), NaN when total_weight is 0, as the loss itself (mean_of in
 // loss_shapes.h) and as natively: g / 0 would be an infinity where label smoothing keeps
-// the rest of the term non-zero.
+// the rest of the term non-zero. Divided in total_weight's dtype (float32 for the half
+// types, whose own range it may exceed) and rounded once to g's.
 at::Tensor over_total_weight(const at::Tensor& g, const at::Tensor& total_weight) {
-  return (g / total_weight)
-      .masked_fill(total_weight.eq(0), std::numeric_limits<double>::quiet_NaN());
+  return (g.to(total_weight.scalar_type()) / total_weight)
+      .masked_fill(total_weight.eq(0), std::numeric_limits<double>::quiet_NaN())
+      .to(g.scalar_type());
 }
 
 // The derivative of cross_entropy_backward's output dx in x, applied to v (x's shape): dx

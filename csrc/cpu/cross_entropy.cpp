@@ -10,7 +10,8 @@
 //   loss[n, s] = -w[t] * ((x[n, t, s] - m) - ls)  for t = target[n, s] != ignore_index
 //   with label smoothing eps > 0 (native's definition):
 //   loss[n, s] = (1 - eps) * that - eps / C * sum_c w[c] * ((x[n, c, s] - m) - ls)
-//   total_weight = sum of w[t] over non-ignored positions (0-dim, every reduction)
+//   total_weight = sum of w[t] over non-ignored positions (0-dim, every reduction; in
+//                  float32 for the half types, see loss_shapes.h)
 //   reduction none -> loss (target's shape, 0 where ignored); sum -> sum of loss;
 //   mean -> sum of loss / total_weight (NaN when total_weight is 0, like torch).
 // Backward (from the saved lse, no saved log-probs), g = grad_output[n, s] (none),
@@ -441,7 +442,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
   // lse in the accumulation type: float32 for the half types (as on CUDA)
   at::Tensor lse = at::Tensor(
       at::detail::empty_cpu(lse_shape(target), acc_scalar_type(input.scalar_type())));
-  at::Tensor total_weight = dense_empty({}, input);
+  at::Tensor total_weight = total_weight_output(input);
   const Args a{sh.C, sh.S, ignore_index, label_smoothing};
 
   FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_forward", [&] {
@@ -482,7 +483,6 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
 
   FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::cross_entropy_backward", [&] {
     using acc = acc_t<scalar_t>;
-    if (reduction == at::Reduction::Mean) check_total_weight_finite<scalar_t>(op, total_weight);
     const scalar_t* pw = weight_data<scalar_t>(*w);
     a.wsum = static_cast<double>(sh.C);
     if (pw && label_smoothing != 0) {
@@ -492,7 +492,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_output, const at::T
     const scalar_t* pg = go->const_data_ptr<scalar_t>();
     const acc g0 = none ? acc(0) : static_cast<acc>(pg[0]);
     const acc g_red = reduction == at::Reduction::Mean
-                          ? g0 / static_cast<acc>(*total_weight.const_data_ptr<scalar_t>())
+                          ? g0 / *total_weight.const_data_ptr<acc>()
                           : g0;
     backward_run<scalar_t>(x->const_data_ptr<scalar_t>(), tg->const_data_ptr<int64_t>(),
                            pw, none ? pg : nullptr,

@@ -4,8 +4,8 @@
 // dense [N, C, S]; target (), (N) or (N, d1, ..., dk) with class indices, viewed as
 // [N, S]; optional weight (C). For position p = (n, s) with t = target[n, s] != ignore_index:
 //   loss[n, s] = -w[t] * input[n, t, s]          (w = 1 without a weight)
-//   total_weight = sum over non-ignored positions of w[t]   (0-dim, input dtype,
-//                  computed for every reduction)
+//   total_weight = sum over non-ignored positions of w[t]   (0-dim, computed for every
+//                  reduction; in the input dtype, float32 for the half types)
 //   reduction none: loss has target's shape, ignored positions are 0;
 //             sum:  sum of loss;  mean: sum of loss / total_weight (NaN when
 //             total_weight is 0: all ignored, weighted 0 or an empty batch, like torch).
@@ -75,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> nll_loss_forward_cpu(const at::Tensor& input,
   const c10::MaybeOwned<at::Tensor> tg = target.expect_contiguous();
   const c10::MaybeOwned<at::Tensor> w = contiguous_weight(weight);
   at::Tensor loss = loss_output(target, input, reduction);
-  at::Tensor total_weight = dense_empty({}, input);
+  at::Tensor total_weight = total_weight_output(input);
 
   FASTNN_DISPATCH_CPU(input.scalar_type(), "fastnn::nll_loss_forward", [&] {
     const scalar_t* px = x->const_data_ptr<scalar_t>();
@@ -120,13 +120,12 @@ at::Tensor nll_loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor
     const scalar_t* pw = weight_data<scalar_t>(*w);
     const scalar_t* pg = go->const_data_ptr<scalar_t>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    if (reduction == at::Reduction::Mean) check_total_weight_finite<scalar_t>(op, total_weight);
     // aten's expression, -(mean ? go / total_weight : go) * w[t], computed in acc (float
     // for the half types) and rounded once
     const acc g0 = none ? acc(0) : static_cast<acc>(pg[0]);
     const acc g_red =
         -(reduction == at::Reduction::Mean
-              ? g0 / static_cast<acc>(*total_weight.const_data_ptr<scalar_t>())
+              ? g0 / *total_weight.const_data_ptr<acc>()
               : g0);
     at::parallel_for(0, P, kChunk * kChunksPerTask, [&](int64_t b, int64_t e) {
       for (int64_t p = b; p < e; ++p) {

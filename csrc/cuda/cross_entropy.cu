@@ -8,7 +8,7 @@
 //            l_i = w_i = 0 when t == ignore_index; with label smoothing eps > 0
 //            l_i = (1 - eps) * that - eps / C * sum_c w[c] * ((x[n, c, s] - m_i) - lg_i)
 //   loss   = l (none, target's shape) | sum_i l_i (sum) | sum_i l_i / sum_i w_i (mean; NaN if 0)
-//   total_weight = sum_i w_i (0-dim, input dtype, every reduction)
+//   total_weight = sum_i w_i (0-dim, acc_t<T> like lse, every reduction)
 //   lse (the log-sum-exp, kept for the backward) is returned as the pairs
 //   (m_i, lg_i): the target's shape plus a last dim of 2 (see lse_shape in
 //   loss_shapes.h), in acc_t<T>: float32 for float16 / bfloat16 / float32 inputs,
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(warp_kernel_max_threads<ELEMS>(), 1)
     ce_fwd_warp_kernel(const T* __restrict__ x, const int64_t* __restrict__ tgt,
                        const T* __restrict__ w, acc_t<T>* __restrict__ lse_out,
                        T* __restrict__ out_none, acc_t<T>* __restrict__ partials,
-                       T* __restrict__ loss, T* __restrict__ total_weight, int64_t M, int C,
+                       T* __restrict__ loss, acc_t<T>* __restrict__ total_weight, int64_t M, int C,
                        int64_t ignore_index, int reduction, acc_t<T> eps) {
   using A = acc_t<T>;
   __shared__ A red[kWarpSize];
@@ -175,8 +175,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads, 2)
     ce_fwd_block_kernel(const T* __restrict__ x, const int64_t* __restrict__ tgt,
                         const T* __restrict__ w, acc_t<T>* __restrict__ lse_out,
                         T* __restrict__ out_none, acc_t<T>* __restrict__ partials,
-                        T* __restrict__ loss, T* __restrict__ total_weight, int64_t M, int64_t C,
-                        int64_t ignore_index, int reduction, acc_t<T> eps) {
+                        T* __restrict__ loss, acc_t<T>* __restrict__ total_weight, int64_t M,
+                        int64_t C, int64_t ignore_index, int reduction, acc_t<T> eps) {
   using A = acc_t<T>;
   __shared__ A red[kWarpSize];
   A ls = A(0), ws = A(0);  // used by thread 0 only
@@ -225,8 +225,8 @@ __global__ void __launch_bounds__(kColThreads)
     ce_fwd_col_kernel(const T* __restrict__ x, const int64_t* __restrict__ tgt,
                       const T* __restrict__ w, acc_t<T>* __restrict__ lse_out,
                       T* __restrict__ out_none, acc_t<T>* __restrict__ partials,
-                      T* __restrict__ loss, T* __restrict__ total_weight, int64_t M, int64_t C,
-                      int64_t S, int64_t ignore_index, int reduction, acc_t<T> eps) {
+                      T* __restrict__ loss, acc_t<T>* __restrict__ total_weight, int64_t M,
+                      int64_t C, int64_t S, int64_t ignore_index, int reduction, acc_t<T> eps) {
   using A = acc_t<T>;
   __shared__ A red[kWarpSize];
   A ls = A(0), ws = A(0);
@@ -305,7 +305,7 @@ __device__ __forceinline__ bool ce_row_coef(const BwdArgs& a, int64_t row, int64
   if (t < 0 || t >= C) return false;
   const T* go = static_cast<const T*>(a.grad_out);
   A g = to_acc(go[a.reduction == at::Reduction::None ? row : 0]);
-  if (a.reduction == at::Reduction::Mean) g = g / to_acc(static_cast<const T*>(a.total_weight)[0]);
+  if (a.reduction == at::Reduction::Mean) g = g / static_cast<const A*>(a.total_weight)[0];
   const T* w = static_cast<const T*>(a.w);
   const A gw = w != nullptr ? g * to_acc(w[t]) : g;
   if (a.eps == 0) {
@@ -453,8 +453,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cuda(
   const int64_t C = sh.C;
   const bool none = reduction == at::Reduction::None;
   at::Tensor loss = none ? at::empty(target.sizes(), x.options()) : at::empty({}, x.options());
-  at::Tensor total_weight = at::empty({}, x.options());
   const auto acc_opts = x.options().dtype(acc_scalar_type(x.scalar_type()));
+  at::Tensor total_weight = at::empty({}, acc_opts);
   at::Tensor lse = at::empty(lse_shape(target), acc_opts);
   auto stream = c10::cuda::getCurrentCUDAStream();
 
@@ -466,7 +466,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cuda(
     A* lp = lse.mutable_data_ptr<A>();
     scalar_t* out_none = none ? loss.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* loss_scalar = none ? nullptr : loss.mutable_data_ptr<scalar_t>();
-    scalar_t* twp = total_weight.mutable_data_ptr<scalar_t>();
+    A* twp = total_weight.mutable_data_ptr<A>();
 
     // Grid and block size depend only on (M, C): the reduction order is fixed.
     int64_t grid = 1;
@@ -568,7 +568,7 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_output, const at::
     using A = acc_t<scalar_t>;
     BwdArgs a{t.const_data_ptr<int64_t>(), go.const_data_ptr<scalar_t>(),
               has_w ? static_cast<const void*>(w.const_data_ptr<scalar_t>()) : nullptr,
-              tw.const_data_ptr<scalar_t>(), ignore_index, static_cast<int>(reduction),
+              tw.const_data_ptr<acc_t<scalar_t>>(), ignore_index, static_cast<int>(reduction),
               // rounded to acc_t as the forward's eps is, so both take the same branch
               static_cast<double>(static_cast<A>(label_smoothing))};
     const scalar_t* xp = x.const_data_ptr<scalar_t>();

@@ -7,8 +7,9 @@
 //     l_i = -w[t] * x[n, t, s],  w_i = w[t];   l_i = w_i = 0 when t == ignore_index
 //   reduction none: loss = l (target's shape); sum: sum_i l_i;
 //   mean: sum_i l_i / sum_i w_i (NaN when the total weight is 0, as native).
-//   total_weight = sum_i w_i as a 0-dim tensor of the input dtype, for every
-//   reduction. Sums accumulate in acc_t<T> and are rounded once.
+//   total_weight = sum_i w_i as a 0-dim tensor of acc_t<T> (the input dtype, float32
+//   for the half types), for every reduction. Sums accumulate in acc_t<T> and the
+//   loss is rounded once.
 //   A target outside [0, C) that is not ignore_index fails a device-side
 //   assertion (CUDA_KERNEL_ASSERT, like native); no host synchronisation.
 //   backward: grad_input = zeros(input.shape) with, at every non-ignored (n, t, s),
@@ -52,7 +53,7 @@ __global__ void __launch_bounds__(kThreads)
     nll_fwd_kernel(const T* __restrict__ x, const int64_t* __restrict__ tgt,
                    const T* __restrict__ w, T* __restrict__ out_none,
                    acc_t<T>* __restrict__ partials, T* __restrict__ loss,
-                   T* __restrict__ total_weight, int64_t M, int64_t C, int64_t S,
+                   acc_t<T>* __restrict__ total_weight, int64_t M, int64_t C, int64_t S,
                    int64_t ignore_index, int reduction) {
   using A = acc_t<T>;
   __shared__ A red[kWarpSize];
@@ -100,7 +101,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     nll_bwd_kernel(const T* __restrict__ grad_out, const int64_t* __restrict__ tgt,
-                   const T* __restrict__ w, const T* __restrict__ total_weight,
+                   const T* __restrict__ w, const acc_t<T>* __restrict__ total_weight,
                    T* __restrict__ grad_in, int64_t M, int64_t C, int64_t S, int64_t ignore_index,
                    int reduction) {
   using A = acc_t<T>;
@@ -112,7 +113,7 @@ __global__ void __launch_bounds__(kThreads)
     CUDA_KERNEL_ASSERT(t >= 0 && t < C);
     if (t < 0 || t >= C) continue;
     A g = to_acc(grad_out[reduction == at::Reduction::None ? i : 0]);
-    if (reduction == at::Reduction::Mean) g = g / to_acc(total_weight[0]);
+    if (reduction == at::Reduction::Mean) g = g / total_weight[0];
     const A wt = w != nullptr ? to_acc(w[t]) : A(1);
     const int64_t n = S == 1 ? i : i / S;
     const int64_t s = i - n * S;
@@ -135,11 +136,11 @@ std::tuple<at::Tensor, at::Tensor> nll_loss_forward_cuda(const at::Tensor& input
   const int64_t M = sh.N * sh.S;
   const bool none = reduction == at::Reduction::None;
   at::Tensor loss = none ? at::empty(target.sizes(), x.options()) : at::empty({}, x.options());
-  at::Tensor total_weight = at::empty({}, x.options());
+  const auto acc_opts = x.options().dtype(acc_scalar_type(x.scalar_type()));
+  at::Tensor total_weight = at::empty({}, acc_opts);
   const int64_t nblocks = std::max<int64_t>(1, ceil_div(M, kChunk));
   at::Tensor partials;
-  if (nblocks > 1)
-    partials = at::empty({2 * nblocks}, x.options().dtype(acc_scalar_type(x.scalar_type())));
+  if (nblocks > 1) partials = at::empty({2 * nblocks}, acc_opts);
   auto stream = c10::cuda::getCurrentCUDAStream();
   FASTNN_DISPATCH_CUDA(x.scalar_type(), "nll_loss_forward_cuda", [&] {
     using A = acc_t<scalar_t>;
@@ -149,12 +150,12 @@ std::tuple<at::Tensor, at::Tensor> nll_loss_forward_cuda(const at::Tensor& input
         x.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(),
         has_w ? w.const_data_ptr<scalar_t>() : nullptr,
         none ? loss.mutable_data_ptr<scalar_t>() : nullptr, part, loss_scalar,
-        total_weight.mutable_data_ptr<scalar_t>(), M, sh.C, sh.S, ignore_index,
+        total_weight.mutable_data_ptr<A>(), M, sh.C, sh.S, ignore_index,
         static_cast<int>(reduction));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (nblocks > 1) {
       loss_finalize_kernel<scalar_t><<<1, kFinalizeThreads, 0, stream>>>(
-          part, nblocks, loss_scalar, total_weight.mutable_data_ptr<scalar_t>(),
+          part, nblocks, loss_scalar, total_weight.mutable_data_ptr<A>(),
           static_cast<int>(reduction));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -183,9 +184,10 @@ at::Tensor nll_loss_backward_cuda(const at::Tensor& grad_output, const at::Tenso
   const int64_t cap = static_cast<int64_t>(sm_count(x.get_device())) * 8;
   const int grid = static_cast<int>(std::min(ceil_div(M, kThreads), cap));
   FASTNN_DISPATCH_CUDA(x.scalar_type(), "nll_loss_backward_cuda", [&] {
+    using A = acc_t<scalar_t>;
     nll_bwd_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
         go.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(),
-        has_w ? w.const_data_ptr<scalar_t>() : nullptr, tw.const_data_ptr<scalar_t>(),
+        has_w ? w.const_data_ptr<scalar_t>() : nullptr, tw.const_data_ptr<A>(),
         grad_input.mutable_data_ptr<scalar_t>(), M, sh.C, sh.S, ignore_index,
         static_cast<int>(reduction));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -6,7 +6,6 @@
 #include <ATen/core/Reduction.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
-#include <c10/util/Half.h>
 #include <c10/util/MaybeOwned.h>
 
 #include <algorithm>
@@ -17,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "fastnn/dispatch.h"
 #include "fastnn/loss_shapes.h"
 
 namespace fastnn {
@@ -97,33 +97,22 @@ LossPartial reduce_in_chunks(int64_t P, int64_t chunk, int64_t chunks_per_task,
   return total;
 }
 
+// A loss forward's 0-dim total_weight, in acc_scalar_type (see loss_shapes.h).
+inline at::Tensor total_weight_output(const at::Tensor& input) {
+  return at::Tensor(at::detail::empty_cpu({}, acc_scalar_type(input.scalar_type())));
+}
+
 // Writes the 0-dim results of a loss forward from its summed partials: total_weight
 // always; the loss for 'mean' (mean_of: sum / total_weight, NaN when that is 0) and
 // 'sum' ('none' wrote its per-position losses already).
 template <typename T>
 void write_reduced(const LossPartial& total, int64_t reduction, const at::Tensor& loss,
                    const at::Tensor& total_weight) {
-  *total_weight.data_ptr<T>() = static_cast<T>(total.weight);
+  *total_weight.data_ptr<acc_t<T>>() = static_cast<acc_t<T>>(total.weight);
   if (reduction == at::Reduction::Mean)
     *loss.data_ptr<T>() = static_cast<T>(mean_of(total.loss, total.weight));
   else if (reduction == at::Reduction::Sum)
     *loss.data_ptr<T>() = static_cast<T>(total.loss);
-}
-
-// A loss backward with reduction 'mean' divides by total_weight. In float16 a total weight
-// above 65504 was stored as inf by the forward (which returns it in the input's dtype, as
-// native does), and the gradient would be all zeros under a correct-looking loss; say so
-// instead. (bfloat16's range makes this practically impossible.)
-template <typename T>
-void check_total_weight_finite(const char* op, const at::Tensor& total_weight) {
-  if constexpr (std::is_same_v<T, c10::Half>) {
-    const float tw = static_cast<float>(*total_weight.const_data_ptr<T>());
-    TORCH_CHECK(!std::isinf(tw), "fastnn::", op,
-                ": the total weight of the counted targets overflows float16 (more than 65504), "
-                "so the 'mean' gradient would be zero. Compute the loss in float32 (for "
-                "example `input.float()`, or under torch.autocast, which runs losses in float32), "
-                "or use reduction='sum' and divide.");
-  }
 }
 
 // Raises the IndexError for a class index outside [0, C) that is not ignore_index.

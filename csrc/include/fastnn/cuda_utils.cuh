@@ -194,15 +194,16 @@ __device__ __forceinline__ A rescale_sum(A m, A s, A M) {
 // Deterministic loss reduction.
 //
 // Writes the final scalars from the total loss / weight sums:
-// loss = ls / ws (mean) or ls (sum); total_weight = ws. `loss` is nullptr for
-// reduction = none (the per-element loss was already written).
+// loss = ls / ws (mean) or ls (sum); total_weight = ws, kept in acc_t<T> (float32 for
+// the half types, see loss_shapes.h). `loss` is nullptr for reduction = none (the
+// per-element loss was already written).
 template <typename T>
 __device__ __forceinline__ void write_loss_result(acc_t<T> ls, acc_t<T> ws, T* loss,
-                                                  T* total_weight, int reduction) {
+                                                  acc_t<T>* total_weight, int reduction) {
   if (loss != nullptr) {
     loss[0] = from_acc<T>(reduction == at::Reduction::Mean ? mean_of(ls, ws) : ls);
   }
-  total_weight[0] = from_acc<T>(ws);
+  total_weight[0] = ws;
 }
 
 // Called by every thread of a block at the end of a loss kernel with the
@@ -210,8 +211,8 @@ __device__ __forceinline__ void write_loss_result(acc_t<T> ls, acc_t<T> ws, T* l
 // otherwise partials[2 * blockIdx.x + {0, 1}] = block sums.
 template <typename T>
 __device__ __forceinline__ void block_loss_epilogue(acc_t<T> ls, acc_t<T> ws, acc_t<T>* smem,
-                                                    acc_t<T>* partials, T* loss, T* total_weight,
-                                                    int reduction) {
+                                                    acc_t<T>* partials, T* loss,
+                                                    acc_t<T>* total_weight, int reduction) {
   using A = acc_t<T>;
   ls = block_reduce(ls, SumOp(), A(0), smem);
   ws = block_reduce(ws, SumOp(), A(0), smem);
@@ -232,7 +233,7 @@ constexpr int kFinalizeThreads = 512;
 template <typename T>
 __global__ void __launch_bounds__(kFinalizeThreads)
     loss_finalize_kernel(const acc_t<T>* __restrict__ partials, int64_t nparts, T* loss,
-                         T* total_weight, int reduction) {
+                         acc_t<T>* total_weight, int reduction) {
   using A = acc_t<T>;
   __shared__ A smem[kWarpSize];
   A ls = A(0), ws = A(0);

@@ -80,9 +80,16 @@ inline LossShape check_loss_inputs(const char* op, const at::Tensor& input,
   return s;
 }
 
+// A loss forward's total_weight (the sum of the counted targets' class weights, which
+// 'mean' divides by) is returned in acc_scalar_type(input): the input's dtype, float32
+// for float16 and bfloat16. Native returns it in the input's dtype, where float16
+// overflows past 65504 counted targets (a 256 x 256 segmentation map is 65536) and the
+// 'mean' gradient silently becomes zero; in float32 it stays exact up to 2^24 targets.
+//
 // Validates the arguments every loss backward shares (on top of check_loss_inputs):
-// grad_output (the target's shape for reduction='none', one value otherwise) and the
-// forward's 0-dim total_weight, both of the input's dtype and device.
+// grad_output (the target's shape for reduction='none', one value otherwise, of the
+// input's dtype) and the forward's 0-dim total_weight (of acc_scalar_type(input)), all
+// on the input's device.
 inline LossShape check_loss_backward_inputs(const char* op, const at::Tensor& grad_output,
                                             const at::Tensor& input, const at::Tensor& target,
                                             const c10::optional<at::Tensor>& weight,
@@ -92,7 +99,10 @@ inline LossShape check_loss_backward_inputs(const char* op, const at::Tensor& gr
   check_same_dtype(op, "grad_output", grad_output, "input", input);
   check_same_device(op, "grad_output", grad_output, "input", input);
   check_floating(op, "total_weight", total_weight);
-  check_same_dtype(op, "total_weight", total_weight, "input", input);
+  const at::ScalarType tw_type = acc_scalar_type(input.scalar_type());
+  TORCH_CHECK(total_weight.scalar_type() == tw_type, "fastnn::", op, ": `total_weight` has dtype ",
+              total_weight.scalar_type(), " but must be ", tw_type, " for a ",
+              input.scalar_type(), " input, as the loss forward returns it.");
   check_same_device(op, "total_weight", total_weight, "input", input);
   TORCH_CHECK(total_weight.numel() == 1, "fastnn::", op,
               ": `total_weight` must hold one value (the 0-dim tensor the forward returned), "
