@@ -24,11 +24,13 @@ computed through these Functions again so that tangents stay differentiable.
 it eagerly behind a graph break (``fullgraph=True`` raises): Dynamo traces the transform
 itself and meets the C++ Functions. vmap, jvp and jacfwd compile whole.
 """
+import contextlib
 import functools
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch._functorch.pyfunctorch import temporarily_pop_interpreter_stack
 
 _ops = torch.ops.fastnn
 
@@ -446,12 +448,21 @@ def _softmax_term(g, x, t, w, reduction, ignore_index, total_weight, eps, v):
 
 
 def _has_jvp_tangent(t: Tensor) -> bool:
-    """True where t is a dual tensor of an active jvp / jacfwd level (its tangent may still
-    be zero: a tensor computed from one is one too)."""
-    levels = {i.level() for i in torch._C._functorch.get_interpreter_stack() if i.key() == _JVP}
+    """True where t carries a forward-mode tangent of an active jvp / jacfwd level. Every op
+    run inside a transform wraps its output at that transform's level, so a tensor made
+    there from constants (e.g. `w.float()`) is wrapped at a jvp level without a tangent:
+    each jvp-level wrapper's own tangent is read, with the interpreters above its level set
+    aside while reading (an op sees only the innermost level's tangents)."""
+    jvp_levels = {i.level() for i in torch._C._functorch.get_interpreter_stack() or ()
+                  if i.key() == _JVP}
     while torch._C._functorch.is_functorch_wrapped_tensor(t):
-        if torch._C._functorch.maybe_get_level(t) in levels:
-            return True
+        level = torch._C._functorch.maybe_get_level(t)
+        if level in jvp_levels:
+            with contextlib.ExitStack() as above:
+                while torch._C._functorch.peek_interpreter_stack().level() > level:
+                    above.enter_context(temporarily_pop_interpreter_stack())
+                if torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+                    return True
         t = torch._C._functorch.get_unwrapped(t)
     return False
 
@@ -466,7 +477,9 @@ def _check_weight(op: str, weight: Optional[Tensor]) -> None:
             f"fastnn.{op}: the loss is not differentiable with respect to `weight`, so `weight` "
             f"cannot have requires_grad=True. Pass `weight.detach()`, or call it under "
             f"torch.no_grad().")
-    if _has_jvp_tangent(weight):
+    # Dynamo cannot trace the wrapper inspection: a compiled jvp / jacfwd drops a weight's
+    # tangent, as native does.
+    if not torch.compiler.is_compiling() and _has_jvp_tangent(weight):
         raise RuntimeError(
             f"fastnn.{op}: the loss is not differentiable with respect to `weight`, so `weight` "
             f"cannot have a forward-mode tangent (be an argument jvp / jacfwd differentiate "

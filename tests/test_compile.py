@@ -229,3 +229,12 @@ def test_compile_jvp_and_jacfwd_fullgraph(device):
     got = torch.compile(lambda x: torch.func.jacfwd(f(FF))(x), backend="aot_eager",
                         fullgraph=True)(x)
     torch.testing.assert_close(got, torch.func.jacfwd(f(F))(x))
+    # a loss with a class weight (made inside from a constant: no tangent)
+    t = torch.tensor([0, 2, 5, 1], device=device)
+    cw = torch.rand(6, device=device)
+
+    def loss(lib):
+        return lambda x: lib.cross_entropy(lib.linear(x, w), t, weight=cw.to(x.dtype))
+    got = torch.compile(lambda x: torch.func.jacfwd(loss(FF))(x), backend="aot_eager",
+                        fullgraph=True)(x)
+    torch.testing.assert_close(got, torch.func.jacfwd(loss(F))(x))

@@ -296,6 +296,22 @@ def test_forward_over_forward_is_refused(device):
             jacfwd(jacfwd(f))(x)
 
 
+def test_class_weight_made_inside_a_transform(device):
+    """A class weight an op makes inside the transformed function from constants (here
+    `.to(dtype)`) is wrapped by the transform but has no tangent: accepted, as natively,
+    directly under jvp / jacfwd and in nested transforms (hessian, jvp of grad)."""
+    x = randn(6, 4, dtype=torch.float64, device=device)
+    v = randn(6, 4, dtype=torch.float64, device=device)
+    t = torch.tensor([0, 3, 1, 1, 2, 0], device=device)
+    cw = torch.rand(4, device=device)
+
+    def f(lib):
+        return lambda x: lib.cross_entropy(x, t, weight=cw.to(x.dtype), label_smoothing=0.1)
+    for transform in (lambda f: jvp(f, (x,), (v,))[1], lambda f: jacfwd(f)(x),
+                      lambda f: hessian(f)(x), lambda f: jvp(grad(f), (x,), (v,))[1]):
+        assert_close(transform(f(FF)), transform(f(F)), torch.float64)
+
+
 def test_class_weight_is_not_differentiable(device):
     x = torch.log_softmax(randn(4, 3, dtype=torch.float64, device=device), 1)
     t = torch.tensor([0, 2, 1, 1], device=device)
@@ -307,3 +323,6 @@ def test_class_weight_is_not_differentiable(device):
             jvp(lambda w: fn(x, t, weight=w), (cw,), (cw,))
         with pytest.raises(RuntimeError, match="cannot have a forward-mode tangent"):
             jacfwd(lambda w: fn(x, t, weight=w * 2))(cw)
+        # a weight with a tangent of an outer jvp level, used inside an inner grad
+        with pytest.raises(RuntimeError, match="cannot have a forward-mode tangent"):
+            jvp(lambda w: grad(lambda y: fn(y, t, weight=w))(x), (cw,), (cw,))
