@@ -15,38 +15,10 @@
 //     host, so every op can be captured in a CUDA graph.
 //   * Tensors are dense (strided). Sparse, mkldnn, quantized and nested tensors are
 //     refused by name (end of this file), not with the dispatcher's "could not run".
-#include <Python.h>
 #include <c10/core/DispatchKeySet.h>
 #include <torch/library.h>
 
 #include <string>
-
-#ifndef FASTNN_TORCH_VERSION
-#error "setup.py must define FASTNN_TORCH_VERSION (the torch version the extension is built against)"
-#endif
-
-// `import fastnn._C` loads this shared object, which runs the static
-// registrations below. The module itself only carries build information, which
-// fastnn/__init__.py compares against the torch that is imported.
-static struct PyModuleDef fastnn_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-
-extern "C" PyMODINIT_FUNC PyInit__C(void) {
-  PyObject* m = PyModule_Create(&fastnn_module);
-  if (m == nullptr) return nullptr;
-  PyModule_AddStringConstant(m, "TORCH_VERSION", FASTNN_TORCH_VERSION);
-#ifdef FASTNN_WITH_CUDA
-  PyModule_AddIntConstant(m, "WITH_CUDA", 1);
-#else
-  PyModule_AddIntConstant(m, "WITH_CUDA", 0);
-#endif
-  // The Hopper wgmma GEMM was compiled (the arch list named 9.0a); see linear.cu.
-#ifdef FASTNN_SM90A
-  PyModule_AddIntConstant(m, "WITH_SM90A", 1);
-#else
-  PyModule_AddIntConstant(m, "WITH_SM90A", 0);
-#endif
-  return m;
-}
 
 TORCH_LIBRARY(fastnn, m) {
   // Linear: y = x @ W^T + b.  x (*, in), W (out, in), b (out) -> y (*, out).

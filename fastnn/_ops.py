@@ -10,6 +10,9 @@ The differentiable (forward) wrappers call the op, whose autograd is in C++, exc
 differentiating torch.func transform (grad, vjp, jacrev, ...) is active: then they go
 through ``_func``'s Python autograd Functions, which functorch supports (it refuses C++
 ones). In-place ReLU under any transform is computed out of place and copied back.
+In eager mode the op is called through ``fastnn._C``'s direct entry point (the same
+dispatcher call without torch.ops' argument boxing, 1-3 us less per call; csrc/python.cpp);
+under torch.compile through its OpOverload, which Dynamo traces.
 """
 import warnings
 from typing import List, Optional, Tuple
@@ -18,7 +21,7 @@ import torch
 import torch.utils.flop_counter
 from torch import Tensor
 
-from . import _func
+from . import _C, _func
 from ._func import differentiating_transform_active as _differentiating
 
 _ops = torch.ops.fastnn
@@ -34,6 +37,7 @@ _nll_loss_forward = _ops.nll_loss_forward.default
 _nll_loss_backward = _ops.nll_loss_backward.default
 _cross_entropy_forward = _ops.cross_entropy_forward.default
 _cross_entropy_backward = _ops.cross_entropy_backward.default
+_compiling = torch.compiler.is_compiling  # constant under Dynamo
 
 REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
 _REDUCTIONS = {"none": REDUCTION_NONE, "mean": REDUCTION_MEAN, "sum": REDUCTION_SUM}
@@ -56,7 +60,9 @@ def reduction_enum(reduction: str) -> int:
 def linear_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     if _differentiating():
         return _func.linear(input, weight, bias)
-    return _linear_forward(input, weight, bias)
+    if _compiling():
+        return _linear_forward(input, weight, bias)
+    return _C.linear_forward(input, weight, bias)
 
 
 def linear_backward(grad_output: Tensor, input: Tensor, weight: Tensor, output_mask: List[bool]
@@ -67,7 +73,9 @@ def linear_backward(grad_output: Tensor, input: Tensor, weight: Tensor, output_m
 def relu_forward(input: Tensor) -> Tensor:
     if _differentiating():
         return _func.relu(input)
-    return _relu_forward(input)
+    if _compiling():
+        return _relu_forward(input)
+    return _C.relu_forward(input)
 
 
 def relu_forward_(input: Tensor) -> Tensor:
@@ -76,7 +84,10 @@ def relu_forward_(input: Tensor) -> Tensor:
         # copy_ is differentiable, batched and functionalized natively.
         input.copy_(relu_forward(input))
         return input
-    _relu_forward_(input)
+    if _compiling():
+        _relu_forward_(input)
+    else:
+        _C.relu_forward_(input)
     return input
 
 
@@ -87,7 +98,9 @@ def relu_backward(grad_output: Tensor, output: Tensor) -> Tensor:
 def log_softmax_forward(input: Tensor, dim: int) -> Tensor:
     if _differentiating():
         return _func.log_softmax(input, dim)
-    return _log_softmax_forward(input, dim)
+    if _compiling():
+        return _log_softmax_forward(input, dim)
+    return _C.log_softmax_forward(input, dim)
 
 
 def log_softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
@@ -98,7 +111,9 @@ def nll_loss_forward(input: Tensor, target: Tensor, weight: Optional[Tensor], re
                      ignore_index: int) -> Tuple[Tensor, Tensor]:
     if _differentiating():
         return _func.nll_loss(input, target, weight, reduction, ignore_index)
-    return _nll_loss_forward(input, target, weight, reduction, ignore_index)
+    if _compiling():
+        return _nll_loss_forward(input, target, weight, reduction, ignore_index)
+    return _C.nll_loss_forward(input, target, weight, reduction, ignore_index)
 
 
 def nll_loss_backward(grad_output: Tensor, input: Tensor, target: Tensor, weight: Optional[Tensor],
@@ -113,8 +128,11 @@ def cross_entropy_forward(input: Tensor, target: Tensor, weight: Optional[Tensor
     if _differentiating():
         return _func.cross_entropy(input, target, weight, reduction, ignore_index,
                                    label_smoothing)
-    return _cross_entropy_forward(input, target, weight, reduction, ignore_index,
-                                  label_smoothing)
+    if _compiling():
+        return _cross_entropy_forward(input, target, weight, reduction, ignore_index,
+                                      label_smoothing)
+    return _C.cross_entropy_forward(input, target, weight, reduction, ignore_index,
+                                    label_smoothing)
 
 
 def cross_entropy_backward(grad_output: Tensor, input: Tensor, target: Tensor,

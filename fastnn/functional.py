@@ -34,6 +34,7 @@ _DEVICES = ("cpu", "cuda", "meta")
 _C_WITH_CUDA = bool(_C.WITH_CUDA)
 _any_autocast_enabled = torch._C._is_any_autocast_enabled
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+_UINT8 = torch.uint8
 
 
 def _check_device(op: str, t: Tensor) -> None:
@@ -80,9 +81,9 @@ def _float_arg(op: str, name: str, value) -> float:
 
 
 def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
-    """The lower-precision dtype autocast asks for on t's device, or None if autocast is off."""
-    if not _any_autocast_enabled():  # the common case, one C call (constant under Dynamo)
-        return None
+    """The lower-precision dtype autocast asks for on t's device, or None if autocast is off.
+    (Callers on the hot path test _any_autocast_enabled() first: one C call, constant under
+    Dynamo, and no Python frame when autocast is off, the common case.)"""
     if t.is_cpu:
         return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
     if t.is_cuda and torch.is_autocast_enabled("cuda"):
@@ -101,7 +102,7 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(linear, (input, weight, bias), input, weight, bias=bias)
     _check_device("linear", input)
-    dtype = _autocast_dtype(input)
+    dtype = _autocast_dtype(input) if _any_autocast_enabled() else None
     if dtype is not None:
         input, weight, bias = _cast(input, dtype), _cast(weight, dtype), _cast(bias, dtype)
     if weight.dim() == 1 and bias is None:
@@ -158,7 +159,7 @@ def log_softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3,
     dim = legacy_softmax_dim(input.dim()) if dim is None else _int_arg("log_softmax", "dim", dim)
     if dtype is not None:
         input = input.to(dtype)
-    elif input.is_cuda and _autocast_dtype(input) is not None:
+    elif _any_autocast_enabled() and input.is_cuda and _autocast_dtype(input) is not None:
         # CUDA autocast runs log_softmax in float32; CPU autocast leaves it in its input's dtype
         input = _cast(input, torch.float32)
     return _ops.log_softmax_forward(input, dim)
@@ -172,9 +173,9 @@ def _reduction_of(size_average, reduce, reduction: str) -> int:
 
 def _loss_inputs(op: str, input: Tensor, target: Tensor, weight: Optional[Tensor]):
     _check_device(op, input)
-    if _autocast_dtype(input) is not None:
+    if _any_autocast_enabled() and _autocast_dtype(input) is not None:
         input, weight = _cast(input, torch.float32), _cast(weight, torch.float32)
-    if target.dtype == torch.uint8:  # native takes byte class indices too
+    if target.dtype == _UINT8:  # native takes byte class indices too
         target = target.long()
     return input, target, weight
 
@@ -207,7 +208,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     if target.dim() == input.dim() and target.shape == input.shape:
         # class probabilities, as natively: a target of the input's own shape
         check_probability_target(target, ignore_index, label_smoothing)
-        if _autocast_dtype(input) is not None:
+        if _any_autocast_enabled() and _autocast_dtype(input) is not None:
             input, target, weight = (_cast(t, torch.float32) for t in (input, target, weight))
         logp = _ops.log_softmax_forward(input, 0 if input.dim() == 1 else 1)
         return probability_target_loss(logp, target, weight, red, label_smoothing)
