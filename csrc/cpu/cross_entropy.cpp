@@ -31,10 +31,10 @@
 //     one-hot term subtracted in registers.
 //   * S > 1: no transposes; 8 (float) / 4 (double) adjacent spatial positions form one
 //     vector and the C class rows are walked with stride S.
-//   * Forward positions are grouped in fixed chunks whose size depends only on C (never
-//     on the thread count); chunks run in parallel with at::parallel_for when there are
-//     several, each accumulates loss / weight in double, and the partials are summed
-//     serially in chunk order -> bitwise identical results for any thread count. A single
+//   * Forward positions are grouped in fixed chunks whose size depends only on C and the
+//     dtype (never on the thread count); chunks run in parallel with at::parallel_for when
+//     there are several, each accumulates loss / weight in double, and the partials are
+//     summed serially in chunk order -> bitwise identical results for any thread count. A single
 //     chunk (small batches) runs inline: no parallel_for, no scratch allocation, and no
 //     .contiguous() copies for already dense inputs, to keep per-call overhead low.
 //   * float16 / bfloat16 run the float32 code (vec::Half16x8: loads widen, stores round
@@ -49,6 +49,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "fastnn/checks.h"
@@ -61,8 +62,15 @@
 namespace fastnn {
 namespace {
 
-constexpr int64_t kChunkElems = 16384;  // logits per reduction chunk / parallel task
+constexpr int64_t kChunkElems = 16384;  // float logits per reduction chunk / parallel task
 constexpr int64_t kChunksPerTask = 2;   // parallel grain, in chunks
+
+// Logits per chunk for T: float64 gets a quarter (its exp takes 4x a float's: half the
+// lanes, twice the polynomial), so that a 64 x 256 batch still splits across two threads.
+template <typename T>
+constexpr int64_t chunk_elems() {
+  return std::is_same_v<T, double> ? kChunkElems / 4 : kChunkElems;
+}
 constexpr int64_t kSmallC = vec::kMaxGatherRow;  // rows-as-lanes forward up to this many classes
 
 struct Args {
@@ -405,14 +413,15 @@ void backward_run(const T* x, const int64_t* tgt, const T* w, const T* g_none, a
   if (cpu_has_avx2_fma()) {
     using A = typename vec::Avx2Of<T>::type;
     if (S == 1) {
-      const int64_t grain = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(C, 1));
+      const int64_t grain = std::max<int64_t>(1, chunk_elems<T>() / std::max<int64_t>(C, 1));
       if (N <= grain) return backward_avx2<A>(x, tgt, w, g_none, g_red, lse, gi, 0, N, a);
       at::parallel_for(0, N, grain, [&](int64_t b, int64_t e) {
         backward_avx2<A>(x, tgt, w, g_none, g_red, lse, gi, b, e, a);
       });
     } else {
       const int64_t units = N * ((S + A::W - 1) / A::W);
-      const int64_t grain = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(C * A::W, 1));
+      const int64_t grain =
+          std::max<int64_t>(1, chunk_elems<T>() / std::max<int64_t>(C * A::W, 1));
       at::parallel_for(0, units, grain, [&](int64_t b, int64_t e) {
         backward_avx2<A>(x, tgt, w, g_none, g_red, lse, gi, b, e, a);
       });
@@ -421,7 +430,7 @@ void backward_run(const T* x, const int64_t* tgt, const T* w, const T* g_none, a
   }
 #endif
   const int64_t P = N * S;
-  const int64_t grain = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(C, 1));
+  const int64_t grain = std::max<int64_t>(1, chunk_elems<T>() / std::max<int64_t>(C, 1));
   at::parallel_for(0, P, grain, [&](int64_t b, int64_t e) {
     backward_scalar(x, tgt, w, g_none, g_red, lse, gi, b, e, a);
   });
@@ -451,7 +460,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_forward_cpu(
     const scalar_t* pw = weight_data<scalar_t>(*w);
     scalar_t* pout = reduction == at::Reduction::None ? loss.data_ptr<scalar_t>() : nullptr;
     acc_t<scalar_t>* pl = lse.data_ptr<acc_t<scalar_t>>();
-    const int64_t chunk = std::max<int64_t>(1, kChunkElems / std::max<int64_t>(sh.C, 1));
+    const int64_t chunk =
+        std::max<int64_t>(1, chunk_elems<scalar_t>() / std::max<int64_t>(sh.C, 1));
     const LossPartial total =
         reduce_in_chunks(sh.N * sh.S, chunk, kChunksPerTask, [&](int64_t p0, int64_t p1) {
           return forward_range(px, pt, pw, pout, pl, p0, p1, a);
