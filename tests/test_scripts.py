@@ -148,6 +148,12 @@ def test_benchmarks_quick(tmp_path):
     assert {r["variant"] for r in result["step"]["rows"]} >= {"native eager", "fastnn eager"}
 
 
+def test_percall_benchmark_smoke(tmp_path):
+    out = _run(["benchmarks.percall", "--number", "20", "--repeat", "1"], tmp_path)
+    rows = [line.split() for line in out.splitlines() if "64x" in line]
+    assert len(rows) == 10 and all(len(r) == 6 or len(r) == 7 for r in rows), out
+
+
 def test_fuzz_ops_smoke():
     """A few seconds of scripts/fuzz_ops.py on the CPU (the same first seeds every run)."""
     proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "fuzz_ops.py"),
