@@ -14,7 +14,7 @@
 //   cross_entropy_forward(input, target, weight, reduction, ignore_index, label_smoothing)
 //
 // Each makes the op's dispatcher call (ops.h), as `torch.ops.fastnn.<op>` does, so every
-// dispatch key takes part as usual: autograd, vmap, autocast-free device kernels, Python
+// dispatch key takes part as usual: autograd, vmap, the device kernels, Python
 // modes and fake tensors, the profiler, the JIT tracer. What it skips is torch.ops' generic
 // path from Python (an OpOverload call that parses the arguments against the schema into
 // a boxed stack and back), which costs 1-3 us a call, more than a small op's kernel:
