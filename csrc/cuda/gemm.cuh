@@ -19,6 +19,9 @@
 // more than one split the kernel writes raw partial sums (no bias) to
 // ws[z][M][N] and splitk_reduce_kernel adds them up in the fixed order
 // z = 0, 1, ..., S-1 (plus bias), so results are bitwise reproducible.
+//
+// The cp.async helpers have a FASTNN_CUDA_EMULATOR branch: tests/cuda_emu runs these
+// kernels on the CPU, where the asynchronous copies are queued and land at the wait.
 #pragma once
 
 #include <cstdint>
@@ -338,6 +341,8 @@ __device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem, bool
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
                "r"(valid ? 16 : 0)
                : "memory");
+#elif defined(FASTNN_CUDA_EMULATOR)  // tests/cuda_emu: queued, lands at the wait
+  ::emu::cp_async16(smem, gmem, valid);
 #endif
 }
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
@@ -346,12 +351,16 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(FASTNN_CUDA_EMULATOR)
+  ::emu::cp_async_commit();
 #endif
 }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#elif defined(FASTNN_CUDA_EMULATOR)
+  ::emu::cp_async_wait(N);
 #endif
 }
 

@@ -1,0 +1,149 @@
+"""Builds fastnn's CUDA kernels for the CPU emulator (see include/cuda_runtime.h).
+
+``load()`` rewrites csrc/cuda/{relu,log_softmax,nll_loss,cross_entropy,linear}.cu (and the
+.cuh headers beside them) into C++ the host compiler takes, compiles them with torch.utils.cpp_extension against the emulator's
+headers, and returns the namespace ``torch.ops.fastnn_emu``: the same schemas as
+``torch.ops.fastnn``, whose CPU kernels are the CUDA kernels run by the emulator. The
+rewrite changes only what a host compiler cannot read:
+
+* ``kernel<<<grid, block[, smem[, stream]]>>>(args)`` becomes
+  ``::emu::launch(kernel, ::emu::config(grid, block, ...), args)``;
+* ``extern __shared__ ... name[];`` becomes a pointer to the launch's dynamic shared memory;
+* ``CUDA_KERNEL_ASSERT`` becomes the emulator's (an exception that fails the launch);
+* ``.is_cuda()`` becomes ``.is_cpu()`` (the emulated device's tensors live on the CPU);
+* ``TORCH_LIBRARY_IMPL(fastnn, CUDA, m)`` becomes ``TORCH_LIBRARY_IMPL(fastnn_emu, CPU, m)``.
+
+The kernel code itself, and every host line around it, compiles as written.
+"""
+import importlib
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+KERNELS = ("relu", "log_softmax", "nll_loss", "cross_entropy", "linear")
+LIBRARY = "fastnn_emu"
+
+_IDENT = re.compile(r"[A-Za-z0-9_:]")
+
+
+def _callee_start(src: str, end: int) -> int:
+    """Index where the kernel expression ending just before ``end`` starts: an
+    identifier (possibly qualified) with an optional template argument list."""
+    i = end
+    while i > 0 and src[i - 1].isspace():
+        i -= 1
+    if src[i - 1] == ">":  # template arguments: walk back to the matching '<'
+        depth = 0
+        while True:
+            i -= 1
+            if src[i] == ">":
+                depth += 1
+            elif src[i] == "<":
+                depth -= 1
+                if depth == 0:
+                    break
+        while i > 0 and src[i - 1].isspace():
+            i -= 1
+    while i > 0 and _IDENT.match(src[i - 1]):
+        i -= 1
+    return i
+
+
+def _matching_paren(src: str, open_idx: int) -> int:
+    depth = 0
+    for i in range(open_idx, len(src)):
+        if src[i] == "(":
+            depth += 1
+        elif src[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    raise ValueError("unbalanced parentheses in a kernel launch")
+
+
+def rewrite_launches(src: str) -> str:
+    out = src
+    while True:
+        lt = out.find("<<<")
+        if lt < 0:
+            return out
+        gt = out.find(">>>", lt)
+        start = _callee_start(out, lt)
+        callee = out[start:lt].strip()
+        cfg = out[lt + 3:gt]
+        op = gt + 3
+        while out[op].isspace():
+            op += 1
+        if out[op] != "(":
+            raise ValueError(f"kernel launch without arguments after {callee}")
+        close = _matching_paren(out, op)
+        args = out[op + 1:close].strip()
+        call = f"::emu::launch({callee}, ::emu::config({cfg})" + (f", {args})" if args else ")")
+        out = out[:start] + call + out[close + 1:]
+
+
+_DYN_SMEM = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:][\w:\s]*?)\s+(\w+)\s*\[\s*\]\s*;")
+
+
+def rewrite(src: str) -> str:
+    src = rewrite_launches(src)
+    src = _DYN_SMEM.sub(r"\1* \2 = static_cast<\1*>(::emu::dynamic_smem());", src)
+    src = src.replace("CUDA_KERNEL_ASSERT(", "EMU_KERNEL_ASSERT(")
+    src = src.replace(".is_cuda()", ".is_cpu()")  # the emulated device's tensors live on the CPU
+    src = re.sub(r"TORCH_LIBRARY_IMPL\(\s*fastnn\s*,\s*CUDA\s*,", f"TORCH_LIBRARY_IMPL({LIBRARY}, CPU,", src)
+    if "<<<" in src or "TORCH_LIBRARY_IMPL(fastnn," in src:
+        raise ValueError("rewrite left CUDA-only syntax behind")
+    return src
+
+
+def _define_schemas():
+    """fastnn_emu gets fastnn's schemas (defined once per process)."""
+    if hasattr(torch.ops, LIBRARY) and hasattr(getattr(torch.ops, LIBRARY), "relu_forward"):
+        return
+    importlib.import_module("fastnn")  # registers torch.ops.fastnn
+    lib = torch.library.Library(LIBRARY, "DEF")
+    for name in dir(torch.ops.fastnn):
+        packet = getattr(torch.ops.fastnn, name)
+        if not hasattr(packet, "default"):
+            continue
+        lib.define(str(packet.default._schema).split("::", 1)[1])
+    _define_schemas.lib = lib  # keep the registrations alive
+
+
+def load(verbose: bool = False):
+    from torch.utils import cpp_extension
+
+    # ninja may be installed only in this interpreter's environment
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+    build_dir = Path(os.environ.get("FASTNN_EMU_BUILD", ROOT / "build" / "cuda_emu"))
+    src_dir = build_dir / "src"
+    src_dir.mkdir(parents=True, exist_ok=True)
+    def emit(src: Path, dst: Path):
+        text = rewrite(src.read_text())
+        if not dst.exists() or dst.read_text() != text:  # keep ninja's timestamps when unchanged
+            dst.write_text(text)
+
+    for header in (ROOT / "csrc" / "cuda").glob("*.cuh"):  # found first: beside the sources
+        emit(header, src_dir / header.name)
+    sources = []
+    for name in KERNELS:
+        emit(ROOT / "csrc" / "cuda" / f"{name}.cu", src_dir / f"{name}.cpp")
+        sources.append(str(src_dir / f"{name}.cpp"))
+    _define_schemas()
+    cpp_extension.load(
+        name="fastnn_cuda_emu", sources=sources, build_directory=str(build_dir),
+        extra_include_paths=[str(HERE / "include"), str(ROOT / "csrc" / "include")],
+        extra_cflags=["-O2", "-std=c++20", "-Wno-unknown-pragmas", "-DFASTNN_CUDA_EMULATOR"],
+        is_python_module=False, verbose=verbose)
+    return getattr(torch.ops, LIBRARY)
+
+
+if __name__ == "__main__":
+    ops = load(verbose=True)
+    print("built", ops)

@@ -1,0 +1,505 @@
+// A CPU emulator for fastnn's CUDA kernels (csrc/cuda/), so that their logic is tested
+// against the CPU reference on machines without a GPU (tests/test_cuda_emu.py). Test
+// code only: tests/cuda_emu/build.py compiles the .cu files with the host compiler, this
+// file standing in for <cuda_runtime.h> (mma.h, cuda_fp16.h, cuda_bf16.h and the
+// c10/cuda headers beside it for theirs), after rewriting each
+// `kernel<<<grid, block, smem, stream>>>(args)` into
+// `::emu::launch(kernel, ::emu::config(grid, block, smem, stream), args)`.
+//
+// Model. A launch runs its blocks one after another. Each thread of a block is a fiber
+// with its own stack; one OS thread runs them, switching only at barriers:
+// __syncthreads() waits for every thread of the block, the warp-level operations
+// (__shfl_*_sync, __syncwarp) for every thread of the warp. A thread that has returned
+// counts as arrived, as on the hardware. If no thread can run while some still wait
+// (threads at different barriers), the launch fails with "deadlock" instead of hanging.
+// `__shared__` variables are function statics (one block at a time, so they are per
+// block). Dynamic shared memory is a 1024-byte aligned buffer of the launch's size,
+// filled with 0xff bytes (NaN for floating point) at the start of every block, so a read
+// before the first write shows. cp.async copies are queued per thread and land only when
+// a wait_group retires their group (gemm.cuh calls the emulator's versions under
+// FASTNN_CUDA_EMULATOR), so a stage read before its wait reads the poison.
+//
+// Checked as the hardware would refuse it: block size 1..1024 threads, grid y/z <=
+// 65535 and x < 2^31, dynamic shared memory <= 48 KB unless cudaFuncSetAttribute raised
+// the kernel's limit (<= 227 KB), misaligned cp.async and WMMA addresses. A failed
+// CUDA_KERNEL_ASSERT or a C++ exception in a thread fails the launch after its block
+// (std::runtime_error naming the block and thread).
+//
+// Not modelled: memory ordering between threads beyond the barriers (all sharing in
+// fastnn's kernels goes through barriers), warp-synchronous code without __syncwarp,
+// atomics, the Hopper wgmma GEMM (gemm_sm90.cuh; it traps if launched). Device math is
+// the host's libm (CUDA's expf and logf may differ by an ulp or two) and WMMA sums in
+// plain float order, so compare with tolerances, not bits.
+#pragma once
+
+#include <ucontext.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __shared__ static
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+inline dim3 threadIdx, blockIdx, blockDim, gridDim;  // of the fiber that runs now
+
+// The vector types fastnn's kernels use, with CUDA's sizes and alignment.
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) double2 { double x, y; };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline double2 make_double2(double x, double y) { return {x, y}; }
+
+using cudaStream_t = void*;
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrComputeCapabilityMinor = 76,
+};
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+
+namespace emu {
+constexpr int kEmulatedSMs = 132;  // an H100 SXM (compute capability 9.0)
+
+// Kernels whose dynamic shared-memory limit was raised (cudaFuncSetAttribute).
+inline std::vector<std::pair<const void*, int>>& smem_limits() {
+  static std::vector<std::pair<const void*, int>> v;
+  return v;
+}
+}  // namespace emu
+
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = emu::kEmulatedSMs; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
+}
+inline cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value > 227 * 1024)
+    return cudaErrorInvalidValue;  // 227 KB: the sm_90 opt-in maximum
+  emu::smem_limits().emplace_back(func, value);
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline const char* cudaGetErrorString(cudaError_t) { return "cuda emulator error"; }
+
+// Device math that CUDA provides in the global namespace.
+inline float max(float a, float b) { return ::fmaxf(a, b); }
+inline double max(double a, double b) { return ::fmax(a, b); }
+inline float min(float a, float b) { return ::fminf(a, b); }
+inline double min(double a, double b) { return ::fmin(a, b); }
+
+template <typename T>
+inline T __ldg(const T* p) { return *p; }
+
+namespace emu {
+
+struct Config {
+  dim3 grid, block;
+  size_t smem;
+};
+inline Config config(dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) {
+  return {grid, block, smem};
+}
+
+constexpr int kMaxThreads = 1024;
+constexpr size_t kStackBytes = 256 << 10;
+constexpr size_t kMaxDynamicSmem = 48 << 10;
+
+// A suspended execution context, and the switch between two of them. On x86-64 a
+// hand-written switch (callee-saved registers, MXCSR and the x87 control word, as the
+// SysV ABI requires, then the stack pointer): ucontext's swapcontext also saves the
+// signal mask with a system call on every switch, ten times the cost.
+#if defined(__x86_64__) && defined(__GNUC__)
+struct Context {
+  void* sp = nullptr;
+};
+__attribute__((naked, noinline)) static void switch_stack(void** /*save_sp*/, void* /*load_sp*/) {
+  asm volatile(
+      "pushq %rbp\n\tpushq %rbx\n\tpushq %r12\n\tpushq %r13\n\tpushq %r14\n\tpushq %r15\n\t"
+      "subq $8, %rsp\n\tstmxcsr (%rsp)\n\tfnstcw 4(%rsp)\n\t"
+      "movq %rsp, (%rdi)\n\tmovq %rsi, %rsp\n\t"
+      "ldmxcsr (%rsp)\n\tfldcw 4(%rsp)\n\taddq $8, %rsp\n\t"
+      "popq %r15\n\tpopq %r14\n\tpopq %r13\n\tpopq %r12\n\tpopq %rbx\n\tpopq %rbp\n\t"
+      "ret\n\t");
+}
+inline void switch_context(Context& from, Context& to) { switch_stack(&from.sp, to.sp); }
+// A context that starts `entry` (which must never return) on the given stack: the frame
+// switch_stack pops (control words, six registers, the return address), placed so that
+// `entry` starts with the stack aligned as after a call.
+inline void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  auto top = reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t(15);
+  auto* frame = reinterpret_cast<uint64_t*>(top - 72);
+  std::memset(frame, 0, 72);
+  const uint32_t mxcsr = 0x1f80;  // defaults: all exceptions masked, round to nearest
+  const uint16_t fpcw = 0x037f;
+  std::memcpy(frame, &mxcsr, 4);
+  std::memcpy(reinterpret_cast<char*>(frame) + 4, &fpcw, 2);
+  frame[7] = reinterpret_cast<uint64_t>(entry);
+  c.sp = frame;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+inline void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
+
+// One 16-byte cp.async: done when a later cp.async.wait_group retires its group.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  bool valid;  // false: zero-fill, nothing read
+};
+
+struct Fiber {
+  enum State { kReady, kWaitBlock, kWaitWarp, kDone };
+  Context ctx;
+  dim3 tid;
+  int linear = 0;
+  State state = kReady;
+  std::vector<AsyncCopy> open_group;              // not yet committed
+  std::vector<std::vector<AsyncCopy>> committed;  // oldest first
+};
+
+struct Launch {
+  Config cfg;
+  std::function<void()> body;
+  std::vector<Fiber> fibers;
+  Context scheduler;
+  int current = -1;
+  int nthreads = 0;
+  int live = 0, block_arrived = 0;
+  std::vector<int> warp_live, warp_arrived;
+  std::vector<std::array<std::array<unsigned char, 16>, 32>> shfl;  // [warp][lane]
+  // Dynamic shared memory: `smem` bytes at a 1024-byte aligned address (the hardware's
+  // shared window starts aligned; kernels declare 16- to 1024-byte alignment).
+  std::vector<unsigned char> dyn_storage;
+  unsigned char* smem = nullptr;
+  size_t smem_bytes = 0;
+  std::string error;
+  bool failed = false;
+};
+
+inline Launch*& current_launch() {
+  static Launch* l = nullptr;
+  return l;
+}
+
+// One pool of fiber stacks for the process (address space only until touched).
+inline char* stack_pool() {
+  static char* base = [] {
+    void* p = mmap(nullptr, kStackBytes * kMaxThreads, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) throw std::runtime_error("cuda emulator: cannot map fiber stacks");
+    return static_cast<char*>(p);
+  }();
+  return base;
+}
+
+inline void* dynamic_smem() { return current_launch()->smem; }
+
+inline Fiber& me() {
+  Launch& L = *current_launch();
+  return L.fibers[L.current];
+}
+
+inline void yield_to_scheduler() {
+  Launch& L = *current_launch();
+  switch_context(L.fibers[L.current].ctx, L.scheduler);
+}
+
+inline void release(Launch& L, Fiber::State waiting, int warp) {
+  const int begin = warp < 0 ? 0 : 32 * warp;
+  const int end = warp < 0 ? L.nthreads : std::min(L.nthreads, begin + 32);
+  for (int t = begin; t < end; ++t) {
+    if (L.fibers[t].state == waiting) L.fibers[t].state = Fiber::kReady;
+  }
+}
+
+inline void block_barrier() {
+  Launch& L = *current_launch();
+  if (++L.block_arrived == L.live) {
+    L.block_arrived = 0;
+    release(L, Fiber::kWaitBlock, -1);
+    return;
+  }
+  me().state = Fiber::kWaitBlock;
+  yield_to_scheduler();
+}
+
+inline void warp_barrier() {
+  Launch& L = *current_launch();
+  const int w = me().linear / 32;
+  if (++L.warp_arrived[w] == L.warp_live[w]) {
+    L.warp_arrived[w] = 0;
+    release(L, Fiber::kWaitWarp, w);
+    return;
+  }
+  me().state = Fiber::kWaitWarp;
+  yield_to_scheduler();
+}
+
+// The value `var` of lane `src(lane)` of this warp; lanes outside the warp or the
+// lane's width-segment read their own value, as CUDA's shuffles do.
+template <typename T, typename SrcLane>
+inline T shuffle(T var, int width, SrcLane src_of) {
+  static_assert(sizeof(T) <= 16, "shuffle of a type wider than 16 bytes");
+  Launch& L = *current_launch();
+  const int linear = me().linear;
+  const int w = linear / 32, lane = linear % 32;
+  std::memcpy(L.shfl[w][lane].data(), &var, sizeof(T));
+  warp_barrier();
+  int src = src_of(lane);
+  const int warp_threads = std::min(32, L.nthreads - 32 * w);
+  if (src < 0 || src >= warp_threads || src / width != lane / width) src = lane;
+  T out;
+  std::memcpy(&out, L.shfl[w][src].data(), sizeof(T));
+  warp_barrier();  // every lane has read before the buffer is reused
+  return out;
+}
+
+// cp.async as the hardware orders it: copies are queued per thread, grouped by
+// commit_group, and land only when wait_group<N> retires every group but the newest N,
+// so a read of a stage before its wait sees the 0xff poison, not the data.
+inline void do_copies(const std::vector<AsyncCopy>& g) {
+  for (const AsyncCopy& c : g) {
+    if (c.valid) std::memcpy(c.dst, c.src, 16);
+    else std::memset(c.dst, 0, 16);
+  }
+}
+inline uint32_t shared_offset(const void* p) {
+  Launch& L = *current_launch();
+  const auto* base = L.smem;
+  const auto* q = static_cast<const unsigned char*>(p);
+  if (q < base || q >= base + L.smem_bytes)
+    throw std::runtime_error("cuda emulator: shared-memory address outside dynamic shared memory");
+  return static_cast<uint32_t>(q - base);
+}
+inline void cp_async16(uint32_t smem, const void* gmem, bool valid) {
+  Launch& L = *current_launch();
+  if ((smem & 15u) != 0 || (valid && (reinterpret_cast<uintptr_t>(gmem) & 15u) != 0))
+    throw std::runtime_error("cuda emulator: cp.async of 16 bytes with a misaligned address");
+  if (smem + 16 > L.smem_bytes)
+    throw std::runtime_error("cuda emulator: cp.async past the end of dynamic shared memory");
+  void* dst = L.smem + smem;
+  me().open_group.push_back({dst, gmem, valid});
+}
+inline void cp_async_commit() {
+  Fiber& f = me();
+  f.committed.push_back(std::move(f.open_group));
+  f.open_group.clear();
+}
+inline void cp_async_wait(int pending) {
+  Fiber& f = me();
+  while (static_cast<int>(f.committed.size()) > pending) {
+    do_copies(f.committed.front());
+    f.committed.erase(f.committed.begin());
+  }
+}
+
+inline void thread_exit(Launch& L, Fiber& f) {
+  for (const auto& g : f.committed) do_copies(g);
+  do_copies(f.open_group);
+  f.committed.clear();
+  f.open_group.clear();
+  f.state = Fiber::kDone;
+  --L.live;
+  const int w = f.linear / 32;
+  --L.warp_live[w];
+  if (L.live > 0 && L.block_arrived == L.live) {
+    L.block_arrived = 0;
+    release(L, Fiber::kWaitBlock, -1);
+  }
+  if (L.warp_live[w] > 0 && L.warp_arrived[w] == L.warp_live[w]) {
+    L.warp_arrived[w] = 0;
+    release(L, Fiber::kWaitWarp, w);
+  }
+}
+
+inline std::string where(const Launch& L, const Fiber& f) {
+  std::ostringstream s;
+  s << "block (" << blockIdx.x << ", " << blockIdx.y << ", " << blockIdx.z << "), thread ("
+    << f.tid.x << ", " << f.tid.y << ", " << f.tid.z << ")";
+  (void)L;
+  return s.str();
+}
+
+inline void fiber_entry() {
+  Launch& L = *current_launch();
+  Fiber& f = L.fibers[L.current];
+  try {
+    L.body();
+  } catch (const std::exception& e) {
+    if (!L.failed) L.error = where(L, f) + ": " + e.what();
+    L.failed = true;
+  } catch (...) {
+    if (!L.failed) L.error = where(L, f) + ": unknown exception";
+    L.failed = true;
+  }
+  thread_exit(L, L.fibers[L.current]);
+  switch_context(L.fibers[L.current].ctx, L.scheduler);  // never resumed
+  std::abort();
+}
+
+inline void run_block(Launch& L) {
+  const dim3 b = L.cfg.block;
+  L.live = L.nthreads;
+  L.block_arrived = 0;
+  for (int w = 0; w < static_cast<int>(L.warp_live.size()); ++w) {
+    L.warp_live[w] = std::min(32, L.nthreads - 32 * w);
+    L.warp_arrived[w] = 0;
+  }
+  if (L.smem_bytes) std::memset(L.smem, 0xff, L.smem_bytes);
+  char* stacks = stack_pool();
+  for (int t = 0; t < L.nthreads; ++t) {
+    Fiber& f = L.fibers[t];
+    f.linear = t;
+    f.tid = dim3(t % b.x, (t / b.x) % b.y, t / (b.x * b.y));
+    f.state = Fiber::kReady;
+    make_context(f.ctx, stacks + kStackBytes * t, kStackBytes, &fiber_entry);
+  }
+  for (;;) {
+    bool ran = false;
+    for (int t = 0; t < L.nthreads; ++t) {
+      Fiber& f = L.fibers[t];
+      if (f.state != Fiber::kReady) continue;
+      ran = true;
+      L.current = t;
+      threadIdx = f.tid;
+      switch_context(L.scheduler, f.ctx);
+    }
+    if (L.live == 0) break;
+    if (!ran) {
+      throw std::runtime_error(
+          "cuda emulator: deadlock in block (" + std::to_string(blockIdx.x) + ", " +
+          std::to_string(blockIdx.y) + ", " + std::to_string(blockIdx.z) + "): " +
+          std::to_string(L.live) + " threads wait at different barriers");
+    }
+  }
+}
+
+inline void run(const void* kernel, const Config& cfg, std::function<void()> body) {
+  const int64_t nthreads = static_cast<int64_t>(cfg.block.x) * cfg.block.y * cfg.block.z;
+  if (nthreads < 1 || nthreads > kMaxThreads)
+    throw std::runtime_error("cuda emulator: invalid block size " + std::to_string(nthreads));
+  if (cfg.grid.x < 1 || cfg.grid.y < 1 || cfg.grid.z < 1 || cfg.grid.x > 0x7fffffffu ||
+      cfg.grid.y > 65535 || cfg.grid.z > 65535)
+    throw std::runtime_error("cuda emulator: invalid grid (" + std::to_string(cfg.grid.x) + ", " +
+                             std::to_string(cfg.grid.y) + ", " + std::to_string(cfg.grid.z) + ")");
+  size_t smem_limit = kMaxDynamicSmem;
+  for (const auto& [fn, bytes] : smem_limits())
+    if (fn == kernel) smem_limit = static_cast<size_t>(bytes);
+  if (cfg.smem > smem_limit)
+    throw std::runtime_error("cuda emulator: " + std::to_string(cfg.smem) +
+                             " bytes of dynamic shared memory requested, the kernel's limit is " +
+                             std::to_string(smem_limit));
+  if (current_launch() != nullptr)
+    throw std::runtime_error("cuda emulator: a kernel launched another kernel");
+  Launch L;
+  L.cfg = cfg;
+  L.body = std::move(body);
+  L.nthreads = static_cast<int>(nthreads);
+  L.fibers.resize(L.nthreads);
+  const int nwarps = (L.nthreads + 31) / 32;
+  L.warp_live.resize(nwarps);
+  L.warp_arrived.resize(nwarps);
+  L.shfl.resize(nwarps);
+  L.dyn_storage.resize(cfg.smem + 1024);
+  L.smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(L.dyn_storage.data()) + 1023) & ~uintptr_t(1023));
+  L.smem_bytes = cfg.smem;
+  current_launch() = &L;
+  blockDim = cfg.block;
+  gridDim = cfg.grid;
+  try {
+    for (unsigned z = 0; z < cfg.grid.z && !L.failed; ++z)
+      for (unsigned y = 0; y < cfg.grid.y && !L.failed; ++y)
+        for (unsigned x = 0; x < cfg.grid.x && !L.failed; ++x) {
+          blockIdx = dim3(x, y, z);
+          run_block(L);
+        }
+  } catch (...) {
+    current_launch() = nullptr;
+    throw;
+  }
+  current_launch() = nullptr;
+  if (L.failed) throw std::runtime_error("cuda emulator: kernel failed in " + L.error);
+}
+
+// kernel<<<cfg>>>(args...): the arguments are converted to the kernel's parameter
+// types once, as a launch does, and every thread calls the kernel with them.
+template <typename... P, typename... A>
+void launch(void (*kernel)(P...), const Config& cfg, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "wrong number of kernel arguments");
+  std::tuple<std::decay_t<P>...> params(static_cast<std::decay_t<P>>(std::forward<A>(args))...);
+  run(reinterpret_cast<const void*>(kernel), cfg, [&] { std::apply(kernel, params); });
+}
+
+}  // namespace emu
+
+// --- device intrinsics ---------------------------------------------------------------
+inline void __syncthreads() { emu::block_barrier(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barrier(); }
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T var, int lane_mask, int width = 32) {
+  return emu::shuffle(var, width, [&](int lane) { return lane ^ lane_mask; });
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned, T var, unsigned delta, int width = 32) {
+  return emu::shuffle(var, width, [&](int lane) {
+    const int src = lane + static_cast<int>(delta);
+    return src / width == lane / width ? src : lane;
+  });
+}
+template <typename T>
+inline T __shfl_sync(unsigned, T var, int src_lane, int width = 32) {
+  return emu::shuffle(var, width,
+                      [&](int lane) { return (lane / width) * width + (src_lane % width); });
+}
+
+#define EMU_KERNEL_ASSERT(cond)                                                          \
+  do {                                                                                   \
+    if (!(cond)) throw std::runtime_error("device-side assertion `" #cond "` failed");   \
+  } while (0)
+
+[[noreturn]] inline void __trap() { throw std::runtime_error("__trap()"); }
+
+inline size_t __cvta_generic_to_shared(const void* p) { return emu::shared_offset(p); }

@@ -1,0 +1,305 @@
+"""fastnn's CUDA kernels run by the CPU emulator in tests/cuda_emu (no GPU needed), against
+fastnn's CPU kernels.
+
+The emulator compiles csrc/cuda/{relu,log_softmax,nll_loss,cross_entropy,linear}.cu with the
+host compiler (kernels and host code as written; only the launch syntax is rewritten) and
+runs every thread of every block, with real barriers, warp shuffles, queued cp.async copies
+and WMMA tiles, so each kernel path (warp / block / strided / column kernels, vector and
+scalar tails, multi-block reductions and their finalize kernel, label smoothing, the half
+types, the SIMT and tensor-core GEMMs, split-K, grad_bias) is checked here on every run.
+It does not replace a GPU: it cannot see timing, memory ordering beyond the barriers, or
+the device's own exp/log and tensor-core rounding (see tests/cuda_emu/include/cuda_runtime.h);
+tests/test_cuda.py and the device-parametrised tests do that on a GPU. The opt-in Hopper
+wgmma GEMM is not emulated.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from support import assert_close, make_layout, randn
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="the CUDA emulator needs Linux (fibers on ucontext or x86-64)")
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+F = torch.ops.fastnn
+
+
+@pytest.fixture(scope="module")
+def E():
+    sys.path.insert(0, str(Path(__file__).parent / "cuda_emu"))
+    try:
+        import build
+    finally:
+        sys.path.pop(0)
+    return build.load()
+
+
+def _ids(dts):
+    return [str(d)[6:] for d in dts]
+
+
+# ----------------------------------------------------------------------------------------
+# The launch rewrite itself.
+
+def test_rewrite_launches():
+    sys.path.insert(0, str(Path(__file__).parent / "cuda_emu"))
+    try:
+        import build
+    finally:
+        sys.path.pop(0)
+    src = ("k<T, 1><<<grid, 256, 0, stream>>>(a, f(b, c));\n"
+           "  ns::kern\n      <<<dim3(g, 2), t>>>();\n"
+           "extern __shared__ __align__(16) unsigned char buf[];\n"
+           "TORCH_LIBRARY_IMPL(fastnn, CUDA, m) {}")
+    out = build.rewrite(src)
+    assert "::emu::launch(k<T, 1>, ::emu::config(grid, 256, 0, stream), a, f(b, c));" in out
+    assert "::emu::launch(ns::kern, ::emu::config(dim3(g, 2), t));" in out
+    assert "unsigned char* buf = static_cast<unsigned char*>(::emu::dynamic_smem());" in out
+    assert "TORCH_LIBRARY_IMPL(fastnn_emu, CPU, m)" in out
+
+
+# ----------------------------------------------------------------------------------------
+# ReLU: bitwise equal (no arithmetic: the value or a zero passes through).
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids(DTYPES))
+@pytest.mark.parametrize("n", [0, 1, 7, 1000, 4099, 70001])
+@pytest.mark.parametrize("layout", ["contiguous", "sliced", "strided"])
+def test_relu(E, dtype, n, layout):
+    x = randn(n, dtype=dtype)
+    if n >= 4:
+        x[:4] = torch.tensor([float("nan"), -0.0, 0.0, float("-inf")], dtype=dtype)
+    x = make_layout(x, layout)
+    y = E.relu_forward(x)
+    ref = F.relu_forward(x)
+    # NaN payloads included; the sign of relu(-0.0) is the device's max (native CUDA's
+    # formula) and the host libm's here, so zeros compare by value
+    assert _bits(y) == _bits(ref)
+    dy = make_layout(randn(n, dtype=dtype), layout)
+    assert _bits(E.relu_backward(dy, ref)) == _bits(F.relu_backward(dy, ref))
+    z = x.clone()
+    E.relu_forward_(z)
+    assert _bits(z) == _bits(ref)
+
+
+def _bits(t):
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return torch.where(t == 0, torch.zeros_like(t), t).contiguous().view(ints).tolist()
+
+
+# ----------------------------------------------------------------------------------------
+# LogSoftmax: every kernel path, forward and backward.
+
+LSM_CASES = [
+    ((64, 10), 1),      # MNIST: warp kernel, two rows per warp
+    ((5, 1), 1),        # C = 1
+    ((33, 17), 1),      # warp per row, ELEMS 1
+    ((9, 100), -1),     # ELEMS 4
+    ((3, 1024), 1),     # largest warp row
+    ((4000, 10), 1),    # many blocks (grid-stride over rows)
+    ((2, 1025), 1),     # block kernel, scalar loads (C not a multiple of the vector)
+    ((3, 4096), 1),     # block kernel, vector loads, row cached in shared memory
+    ((2, 13000), 1),    # row too long for the cache: pass 2 re-reads x
+    ((4, 10, 7), 1),    # strided kernel (inner > 1)
+    ((6, 5, 3), 0),
+    ((), 0),            # 0-d
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids(DTYPES))
+@pytest.mark.parametrize("shape,dim", LSM_CASES, ids=[f"{s}-{d}" for s, d in LSM_CASES])
+def test_log_softmax(E, dtype, shape, dim):
+    x = randn(*shape, dtype=dtype, scale=3.0)
+    k = x.shape[dim] if x.dim() else 1
+    y = E.log_softmax_forward(x, dim)
+    ref = F.log_softmax_forward(x, dim)
+    assert_close(y, ref, k=k)
+    dy = randn(*shape, dtype=dtype)
+    assert_close(E.log_softmax_backward(dy, ref, dim), F.log_softmax_backward(dy, ref, dim), k=k)
+
+
+@pytest.mark.parametrize("C", [10, 300, 2048])
+def test_log_softmax_special_values(E, C):
+    x = randn(6, C)
+    x[0] = float("-inf")                  # all -inf: NaN row, as natively
+    x[1, 3] = float("inf")                # +inf: NaN row
+    x[2, 5] = float("nan")
+    x[3, : C // 2] = float("-inf")        # some -inf: those get -inf
+    x[4] = 1e30                           # huge but equal
+    y, ref = E.log_softmax_forward(x, 1), F.log_softmax_forward(x, 1)
+    assert_close(y, ref, k=C, equal_nan=True)
+
+
+def test_log_softmax_noncontiguous(E):
+    x = make_layout(randn(50, 40), "transposed")
+    assert_close(E.log_softmax_forward(x, 1), F.log_softmax_forward(x, 1), k=40)
+    assert_close(E.log_softmax_forward(x, 0), F.log_softmax_forward(x, 0), k=50)
+
+
+# ----------------------------------------------------------------------------------------
+# NLLLoss and the fused cross-entropy: reductions, weights, ignore_index, spatial inputs.
+
+def _loss_inputs(shape, dtype, weighted, ignore, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C = shape[1] if len(shape) > 1 else shape[0]
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
+    tshape = (shape[0],) + tuple(shape[2:]) if len(shape) > 1 else ()
+    t = torch.randint(0, C, tshape, generator=g)
+    if ignore and t.numel():
+        t.view(-1)[::3] = -100
+    w = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(dtype) if weighted else None
+    return x, t, w, C
+
+
+LOSS_SHAPES = [(64, 10), (1, 5), (10,), (0, 4), (5000, 10), (300, 40), (3, 2000),
+               (2, 5000), (4, 3, 5, 6), (2, 7, 300)]
+REDUCTIONS = [0, 1, 2]  # none, mean, sum
+
+
+def _close_loss(a, b, dtype, k):
+    # totals of many terms: compare with the length of the reduction
+    assert_close(a, b, k=k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids(DTYPES))
+@pytest.mark.parametrize("shape", LOSS_SHAPES, ids=[str(s) for s in LOSS_SHAPES])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+@pytest.mark.parametrize("ignore", [False, True], ids=["", "ignore"])
+def test_nll_loss(E, dtype, shape, weighted, ignore):
+    x, t, w, C = _loss_inputs(shape, dtype, weighted, ignore)
+    P = max(t.numel(), 1)
+    for red in REDUCTIONS:
+        loss, tw = E.nll_loss_forward(x, t, w, red, -100)
+        rloss, rtw = F.nll_loss_forward(x, t, w, red, -100)
+        assert tw.dtype == rtw.dtype
+        assert_close(loss, rloss, k=P, equal_nan=True)
+        assert_close(tw, rtw, k=P)
+        go = randn(*loss.shape, dtype=dtype)
+        assert torch.equal(E.nll_loss_backward(go, x, t, w, red, -100, rtw),
+                           F.nll_loss_backward(go, x, t, w, red, -100, rtw))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids(DTYPES))
+@pytest.mark.parametrize("shape", LOSS_SHAPES, ids=[str(s) for s in LOSS_SHAPES])
+@pytest.mark.parametrize("weighted", [False, True], ids=["", "weight"])
+@pytest.mark.parametrize("ignore", [False, True], ids=["", "ignore"])
+@pytest.mark.parametrize("eps", [0.0, 0.1], ids=["", "ls0.1"])
+def test_cross_entropy(E, dtype, shape, weighted, ignore, eps):
+    x, t, w, C = _loss_inputs(shape, dtype, weighted, ignore)
+    P = max(t.numel(), 1)
+    for red in REDUCTIONS:
+        loss, lse, tw = E.cross_entropy_forward(x, t, w, red, -100, eps)
+        rloss, rlse, rtw = F.cross_entropy_forward(x, t, w, red, -100, eps)
+        assert lse.dtype == rlse.dtype and tw.dtype == rtw.dtype
+        assert_close(lse, rlse, k=C)
+        assert_close(loss, rloss, k=P * C, equal_nan=True)
+        assert_close(tw, rtw, k=P)
+        go = randn(*loss.shape, dtype=dtype)
+        dx = E.cross_entropy_backward(go, x, t, w, red, -100, rlse, rtw, eps)
+        rdx = F.cross_entropy_backward(go, x, t, w, red, -100, rlse, rtw, eps)
+        assert_close(dx, rdx, k=C)
+
+
+@pytest.mark.parametrize("C", [10, 3000])
+def test_cross_entropy_special_values(E, C):
+    x = randn(5, C)
+    x[0, 1] = float("inf")
+    x[1, 2] = float("nan")
+    x[2] = float("-inf")
+    x[2, 0] = 0.0
+    x[3] = 50.0
+    t = torch.tensor([1, 3, 0, 4, 2])
+    for red in REDUCTIONS:
+        a = E.cross_entropy_forward(x, t, None, red, -100, 0.0)
+        b = F.cross_entropy_forward(x, t, None, red, -100, 0.0)
+        for u, v in zip(a, b):
+            assert_close(u, v, k=C, equal_nan=True)
+
+
+def test_bad_target_fails_the_launch(E):
+    x = randn(8, 10)
+    t = torch.tensor([0, 1, 2, 3, 4, 5, 6, 10])
+    with pytest.raises(RuntimeError, match="device-side assertion"):
+        E.nll_loss_forward(x, t, None, 1, -100)
+    with pytest.raises(RuntimeError, match="device-side assertion"):
+        E.cross_entropy_forward(x, t, None, 1, -100, 0.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Linear: the SIMT GEMMs (float32, float64), the WMMA tensor-core GEMMs (float16, bfloat16,
+# TF32; the cp.async pipeline for large aligned products, register-staged otherwise),
+# split-K with its fixed-order reduction, the bias epilogue and the grad_bias column sums.
+# (The opt-in Hopper wgmma GEMM is not emulated.)
+
+LINEAR_SHAPES = [
+    (64, 784, 256),   # MNIST layer 1 (split-K: fewer output tiles than SMs)
+    (64, 64, 10),     # MNIST layer 4
+    (7, 13, 5),       # tails everywhere, K not a multiple of the vector width
+    (3, 1000, 3),
+    (130, 72, 96),
+    (520, 40, 520),   # the large-tile kernels (cp.async pipeline for the tensor cores)
+    (2, 5, 24),       # 3-D input (2, 5, 24) -> M = 10
+]
+
+
+def _linear_inputs(shape, dtype, seed=0):
+    M, K, N = shape
+    g = torch.Generator().manual_seed(seed)
+    xs = (2, 5, K) if shape == (2, 5, 24) else (M, K)
+    x = torch.randn(xs, generator=g, dtype=torch.float64).to(dtype)
+    w = (torch.randn(N, K, generator=g, dtype=torch.float64) / K ** 0.5).to(dtype)
+    b = torch.randn(N, generator=g, dtype=torch.float64).to(dtype)
+    dy = torch.randn(*xs[:-1], N, generator=g, dtype=torch.float64).to(dtype)
+    return x, w, b, dy
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids(DTYPES))
+@pytest.mark.parametrize("shape", LINEAR_SHAPES, ids=[str(s) for s in LINEAR_SHAPES])
+def test_linear(E, dtype, shape):
+    x, w, b, dy = _linear_inputs(shape, dtype)
+    M, K, N = x.numel() // x.shape[-1], x.shape[-1], w.shape[0]
+    for bias in (b, None):
+        assert_close(E.linear_forward(x, w, bias), F.linear_forward(x, w, bias), k=K)
+    got = E.linear_backward(dy, x, w, [True, True, True])
+    ref = F.linear_backward(dy, x, w, [True, True, True])
+    for a, r, k in zip(got, ref, (N, M, M)):
+        assert_close(a, r, k=k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids(DTYPES))
+@pytest.mark.parametrize("mask", [[True, False, False], [False, True, True], [False, False, True],
+                                  [True, True, False]], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
+def test_linear_backward_masks_and_layouts(E, dtype, mask, layout):
+    # a non-dense or offset x takes the register-staged loads (no cp.async), and an
+    # operand whose gradient is not asked for is only a stand-in for its shape
+    x, w, b, dy = _linear_inputs((48, 40, 24), dtype)
+    x, w = make_layout(x, layout), make_layout(w, layout)
+    got = E.linear_backward(dy, x, w, mask)
+    ref = F.linear_backward(dy, x, w, mask)
+    for a, r, k in zip(got, ref, (24, 48, 48)):
+        assert (a is None) == (r is None)
+        if a is not None:
+            assert_close(a, r, k=k)
+    assert_close(E.linear_forward(x, w, b), F.linear_forward(x, w, b), k=40)
+
+
+@pytest.mark.parametrize("shape", [(64, 784, 256), (130, 72, 96), (520, 40, 520)], ids=str)
+def test_linear_tf32(E, shape):
+    # allow_tf32: float32 on the tensor cores with TF32 inputs (10 mantissa bits, as
+    # native matmul). Each product then errs by at most ~2 * 2^-11 relative, so the
+    # result is within 2e-3 * sum_k |x||w| of the exact one, and not equal to the
+    # float32 result (the TF32 path was taken).
+    x, w, b, _ = _linear_inputs(shape, torch.float32)
+    exact = x.double() @ w.double().t() + b.double()
+    bound = 2e-3 * (x.double().abs() @ w.double().abs().t()) + 1e-6
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        y = E.linear_forward(x, w, b)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    assert ((y.double() - exact).abs() <= bound).all()
+    assert not torch.equal(y, E.linear_forward(x, w, b))
