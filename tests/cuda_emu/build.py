@@ -121,7 +121,12 @@ def load(verbose: bool = False):
     # ninja may be installed only in this interpreter's environment
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
-    build_dir = Path(os.environ.get("FASTNN_EMU_BUILD", ROOT / "build" / "cuda_emu"))
+    # FASTNN_EMU_ASAN=1: build with AddressSanitizer (run python with libasan preloaded,
+    # see tests/cuda_emu/asan.sh): out-of-bounds global accesses of the kernels then stop
+    # the test, as compute-sanitizer's memcheck does on a GPU.
+    asan = os.environ.get("FASTNN_EMU_ASAN", "0") == "1"
+    default_dir = ROOT / "build" / ("cuda_emu_asan" if asan else "cuda_emu")
+    build_dir = Path(os.environ.get("FASTNN_EMU_BUILD", default_dir))
     src_dir = build_dir / "src"
     src_dir.mkdir(parents=True, exist_ok=True)
     def emit(src: Path, dst: Path):
@@ -137,9 +142,11 @@ def load(verbose: bool = False):
         sources.append(str(src_dir / f"{name}.cpp"))
     _define_schemas()
     cpp_extension.load(
-        name="fastnn_cuda_emu", sources=sources, build_directory=str(build_dir),
+        name="fastnn_cuda_emu_asan" if asan else "fastnn_cuda_emu", sources=sources, build_directory=str(build_dir),
         extra_include_paths=[str(HERE / "include"), str(ROOT / "csrc" / "include")],
-        extra_cflags=["-O2", "-std=c++20", "-Wno-unknown-pragmas", "-DFASTNN_CUDA_EMULATOR"],
+        extra_cflags=["-O2", "-std=c++20", "-Wno-unknown-pragmas", "-DFASTNN_CUDA_EMULATOR"]
+        + (["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []),
+        extra_ldflags=["-fsanitize=address"] if asan else [],
         is_python_module=False, verbose=verbose)
     return getattr(torch.ops, LIBRARY)
 

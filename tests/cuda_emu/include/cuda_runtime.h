@@ -35,6 +35,12 @@
 #include <ucontext.h>
 #include <sys/mman.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define FASTNN_EMU_ASAN 1
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -139,9 +145,37 @@ constexpr size_t kMaxDynamicSmem = 48 << 10;
 // hand-written switch (callee-saved registers, MXCSR and the x87 control word, as the
 // SysV ABI requires, then the stack pointer): ucontext's swapcontext also saves the
 // signal mask with a system call on every switch, ten times the cost.
+//
+// Under AddressSanitizer (tests/cuda_emu/asan.sh) every switch is announced to it
+// (__sanitizer_start/finish_switch_fiber) and a fiber stack is unpoisoned before reuse,
+// since a fiber's last frames never return.
+// The stack of the context that switched to this one (the scheduler's, for a fiber).
+struct StackRange {
+  const void* bottom = nullptr;
+  size_t size = 0;
+};
+inline StackRange& scheduler_stack() {
+  static StackRange r;
+  return r;
+}
+inline void asan_before_switch([[maybe_unused]] void** fake, [[maybe_unused]] const StackRange& to) {
+#if defined(FASTNN_EMU_ASAN)
+  __sanitizer_start_switch_fiber(fake, to.bottom, to.size);
+#endif
+}
+inline void asan_after_switch([[maybe_unused]] void* fake, [[maybe_unused]] StackRange* from) {
+#if defined(FASTNN_EMU_ASAN)
+  const void* bottom;
+  size_t size;
+  __sanitizer_finish_switch_fiber(fake, &bottom, &size);
+  if (from != nullptr) *from = {bottom, size};
+#endif
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 struct Context {
   void* sp = nullptr;
+  StackRange stack;  // empty for the scheduler (its thread's own stack)
 };
 __attribute__((naked, noinline)) static void switch_stack(void** /*save_sp*/, void* /*load_sp*/) {
   asm volatile(
@@ -152,7 +186,7 @@ __attribute__((naked, noinline)) static void switch_stack(void** /*save_sp*/, vo
       "popq %r15\n\tpopq %r14\n\tpopq %r13\n\tpopq %r12\n\tpopq %rbx\n\tpopq %rbp\n\t"
       "ret\n\t");
 }
-inline void switch_context(Context& from, Context& to) { switch_stack(&from.sp, to.sp); }
+inline void raw_switch(Context& from, Context& to) { switch_stack(&from.sp, to.sp); }
 // A context that starts `entry` (which must never return) on the given stack: the frame
 // switch_stack pops (control words, six registers, the return address), placed so that
 // `entry` starts with the stack aligned as after a call.
@@ -170,9 +204,10 @@ inline void make_context(Context& c, char* stack, size_t bytes, void (*entry)())
 #else
 struct Context {
   ucontext_t uc;
+  StackRange stack;
 };
-inline void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
-inline void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+inline void raw_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void make_context_impl(Context& c, char* stack, size_t bytes, void (*entry)()) {
   getcontext(&c.uc);
   c.uc.uc_stack.ss_sp = stack;
   c.uc.uc_stack.ss_size = bytes;
@@ -180,6 +215,27 @@ inline void make_context(Context& c, char* stack, size_t bytes, void (*entry)())
   makecontext(&c.uc, entry, 0);
 }
 #endif
+
+// A fiber context on a fresh (or reused) stack.
+inline void make_fiber(Context& c, char* stack, size_t bytes, void (*entry)()) {
+#if defined(FASTNN_EMU_ASAN)
+  ASAN_UNPOISON_MEMORY_REGION(stack, bytes);
+#endif
+  c.stack = {stack, bytes};
+#if defined(__x86_64__) && defined(__GNUC__)
+  make_context(c, stack, bytes, entry);
+#else
+  make_context_impl(c, stack, bytes, entry);
+#endif
+}
+
+// Scheduler -> fiber and back. A fiber that has finished leaves with `exiting`.
+inline void switch_context(Context& from, Context& to, bool exiting = false) {
+  void* fake = nullptr;
+  asan_before_switch(exiting ? nullptr : &fake, to.stack.size ? to.stack : scheduler_stack());
+  raw_switch(from, to);
+  asan_after_switch(fake, from.stack.size ? &scheduler_stack() : nullptr);
+}
 
 // One 16-byte cp.async: done when a later cp.async.wait_group retires its group.
 struct AsyncCopy {
@@ -362,6 +418,7 @@ inline std::string where(const Launch& L, const Fiber& f) {
 }
 
 inline void fiber_entry() {
+  asan_after_switch(nullptr, &scheduler_stack());  // first arrival from the scheduler
   Launch& L = *current_launch();
   Fiber& f = L.fibers[L.current];
   try {
@@ -374,7 +431,7 @@ inline void fiber_entry() {
     L.failed = true;
   }
   thread_exit(L, L.fibers[L.current]);
-  switch_context(L.fibers[L.current].ctx, L.scheduler);  // never resumed
+  switch_context(L.fibers[L.current].ctx, L.scheduler, /*exiting=*/true);  // never resumed
   std::abort();
 }
 
@@ -393,7 +450,7 @@ inline void run_block(Launch& L) {
     f.linear = t;
     f.tid = dim3(t % b.x, (t / b.x) % b.y, t / (b.x * b.y));
     f.state = Fiber::kReady;
-    make_context(f.ctx, stacks + kStackBytes * t, kStackBytes, &fiber_entry);
+    make_fiber(f.ctx, stacks + kStackBytes * t, kStackBytes, &fiber_entry);
   }
   for (;;) {
     bool ran = false;
