@@ -4,6 +4,7 @@
     python scripts/fuzz_ops.py                                   # CPU, 60 s of random cases
     python scripts/fuzz_ops.py --device cuda --seconds 600 --out fuzz.jsonl
     python scripts/fuzz_ops.py --replay 1234 [--device cuda]     # one case, verbosely
+    python scripts/fuzz_ops.py --emulate-cuda                    # the CUDA kernels, no GPU
 
 Each case is drawn from its own seed (seed, seed + 1, ...): an op (linear, relu,
 log_softmax, nll_loss, cross_entropy, or a small MLP swapped by fastnn.convert with a loss
@@ -28,6 +29,11 @@ ALLOWED_RAISES and skipped_elements. Cases with out-of-range targets are skipped
 (a device-side assert would poison the context). Prints one JSON line per finding (seed,
 op, dtype, what differed, the case's parameters, the replay command), then cases and
 findings per op/dtype; exits 1 if anything was found (2 on a usage error).
+
+--emulate-cuda runs fastnn's CUDA kernels in the CPU emulator of tests/cuda_emu (built on
+first use) in place of its CPU kernels, on CPU tensors, with the CUDA rules above
+(out-of-range targets skipped, 3 ulp for the half types). relu's sign of zero is not
+compared there: the emulator's max is the host's, not the GPU's.
 """
 import argparse
 import copy
@@ -38,6 +44,7 @@ import sys
 import time
 import traceback
 import warnings
+from pathlib import Path
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Callable, Optional
@@ -634,6 +641,14 @@ def run_side(lib, case, b):
     return r
 
 
+# --emulate-cuda: CPU tensors, CUDA kernels (tests/cuda_emu), CUDA rules.
+EMULATED_CUDA = False
+
+
+def cuda_rules(device):
+    return device == "cuda" or EMULATED_CUDA
+
+
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -651,7 +666,7 @@ def structure(name, f, n, strides=False):
 
 def check_exact(name, f, n):
     f, n = f.detach().double(), n.detach().double()
-    same = ((f == n) & (f.signbit() == n.signbit())) | (f.isnan() & n.isnan())
+    same = ((f == n) & ((f.signbit() == n.signbit()) | EMULATED_CUDA)) | (f.isnan() & n.isnan())
     if bool(same.all()):
         return None
     i = tuple(int(k) for k in (~same).nonzero()[0])
@@ -672,7 +687,7 @@ def check_values(name, f, n, r, scale, case, device, skip=None):
     scale = fin(torch.as_tensor(scale, dtype=F64, device=f.device)).expand(f.shape)
     u = ulp(r.nan_to_num(0.0, 0.0, 0.0), dtype)
     eps = 2.0 ** -52 if dtype == F64 else 2.0 ** -23
-    half_on_cuda = device == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    half_on_cuda = cuda_rules(device) and dtype in (torch.float16, torch.bfloat16)
     tol = case.c * eps * scale + (3.0 if half_on_cuda else 1.0) * u
     err = (f - r).abs()
     err_n = torch.where(ok_n, (n - r).abs(), torch.zeros_like(n))
@@ -756,7 +771,7 @@ def run_case(seed, device, log=lambda *_: None):
     """Runs the case of `seed`: (case, findings, "skipped" | "raised" (both, at once) | "ran")."""
     case = draw_case(seed)
     log(f"case {seed}: {case.op} {SHORT[case.dtype]} on {device}\n  {json.dumps(case.desc, default=str)}")
-    if device == "cuda" and not case.cuda_safe:
+    if cuda_rules(device) and not case.cuda_safe:
         log("  skipped: an out-of-range target would trip a CUDA device-side assert")
         return case, [], "skipped"
     b = Build(case.dtype, device)
@@ -782,7 +797,8 @@ def run_case(seed, device, log=lambda *_: None):
 def finding(case, device, what):
     return json.dumps(dict(seed=case.seed, op=case.op, dtype=SHORT[case.dtype], device=device,
                            what=what, case=case.desc,
-                           replay=f"python scripts/fuzz_ops.py --device {device} --replay {case.seed}"),
+                           replay=f"python scripts/fuzz_ops.py --device {device} --replay {case.seed}"
+                           + (" --emulate-cuda" if EMULATED_CUDA else "")),
                       separators=(",", ":"), default=str)
 
 
@@ -793,7 +809,19 @@ def main():
     ap.add_argument("--seed", type=int, help="the first case's seed (default: random)")
     ap.add_argument("--out", metavar="FILE.jsonl", help="append the findings to this file")
     ap.add_argument("--replay", type=int, metavar="SEED", help="run the case of SEED, verbosely")
+    ap.add_argument("--emulate-cuda", action="store_true",
+                    help="fastnn's CUDA kernels in the CPU emulator (tests/cuda_emu) on CPU tensors")
     args = ap.parse_args()
+    if args.emulate_cuda:
+        if args.device != "cpu":
+            ap.error("--emulate-cuda runs on CPU tensors: leave --device at cpu")
+        global EMULATED_CUDA
+        EMULATED_CUDA = True
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cuda_emu"))
+        import build as cuda_emu_build
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cuda_emu_build.load(replace_cpu=True)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda needs a CUDA GPU; torch.cuda.is_available() is False here")
     if args.device == "cuda" and not fastnn.WITH_CUDA:
@@ -807,6 +835,8 @@ def main():
 
     seed = random.SystemRandom().randrange(2 ** 31) if args.seed is None else args.seed
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    if EMULATED_CUDA:
+        device = "cpu, CUDA kernels emulated"
     print(f"fuzz_ops: {device}, torch {torch.__version__}, {args.seconds:g} s from seed {seed}",
           flush=True)
     out = open(args.out, "a") if args.out else None

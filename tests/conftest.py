@@ -8,7 +8,13 @@
 * Every test starts from ``torch.manual_seed(0)`` (autouse ``_seed``) and leaves the
   thread count, default dtype and TF32 flags as it found them.
 * Tolerances and the helpers for non-contiguous inputs live in ``support.py``.
+* ``FASTNN_EMULATE_CUDA=1``: run the suite with fastnn's CPU kernels replaced by its CUDA
+  kernels in the CPU emulator (tests/cuda_emu; exploratory, not part of ``make test``).
 """
+import os
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -17,6 +23,14 @@ from support import CUDA_OK, CUDA_SKIP_REASON, dtypes_for
 
 
 def pytest_configure(config):
+    if os.environ.get("FASTNN_EMULATE_CUDA") == "1":
+        # Exploratory: fastnn's CPU kernels replaced by its CUDA kernels run in the CPU
+        # emulator (tests/cuda_emu), so the whole suite exercises the CUDA code. Expect
+        # failures where the devices legitimately differ (CPU-only errors and threading,
+        # bitwise comparisons with native CPU, the sign of relu(-0.0)).
+        sys.path.insert(0, str(Path(__file__).parent / "cuda_emu"))
+        import build
+        build.load(replace_cpu=True)
     config.addinivalue_line("markers", "dtypes(*dtypes): restrict the dtype parametrisation")
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still run)")
     config.addinivalue_line("markers", "cuda: needs a CUDA device and fastnn's CUDA kernels")

@@ -90,13 +90,13 @@ def rewrite_launches(src: str) -> str:
 _DYN_SMEM = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:][\w:\s]*?)\s+(\w+)\s*\[\s*\]\s*;")
 
 
-def rewrite(src: str) -> str:
+def rewrite(src: str, library: str = LIBRARY) -> str:
     src = rewrite_launches(src)
     src = _DYN_SMEM.sub(r"\1* \2 = static_cast<\1*>(::emu::dynamic_smem());", src)
     src = src.replace("CUDA_KERNEL_ASSERT(", "EMU_KERNEL_ASSERT(")
     src = src.replace(".is_cuda()", ".is_cpu()")  # the emulated device's tensors live on the CPU
-    src = re.sub(r"TORCH_LIBRARY_IMPL\(\s*fastnn\s*,\s*CUDA\s*,", f"TORCH_LIBRARY_IMPL({LIBRARY}, CPU,", src)
-    if "<<<" in src or "TORCH_LIBRARY_IMPL(fastnn," in src:
+    src = re.sub(r"TORCH_LIBRARY_IMPL\(\s*fastnn\s*,\s*CUDA\s*,", f"TORCH_LIBRARY_IMPL({library}, CPU,", src)
+    if "<<<" in src or "TORCH_LIBRARY_IMPL(fastnn, CUDA" in src:
         raise ValueError("rewrite left CUDA-only syntax behind")
     return src
 
@@ -115,7 +115,13 @@ def _define_schemas():
     _define_schemas.lib = lib  # keep the registrations alive
 
 
-def load(verbose: bool = False):
+def load(verbose: bool = False, replace_cpu: bool = False):
+    """Build (if needed) and load the emulated kernels; returns torch.ops.fastnn_emu.
+
+    replace_cpu=True registers them as fastnn's own CPU kernels instead (overriding the
+    real ones in this process, with PyTorch's "overriding a previously registered kernel"
+    warning), so that any test of fastnn on the CPU runs the CUDA kernels' code: set
+    FASTNN_EMULATE_CUDA=1 for the test suite (tests/conftest.py)."""
     from torch.utils import cpp_extension
 
     # ninja may be installed only in this interpreter's environment
@@ -125,12 +131,14 @@ def load(verbose: bool = False):
     # see tests/cuda_emu/asan.sh): out-of-bounds global accesses of the kernels then stop
     # the test, as compute-sanitizer's memcheck does on a GPU.
     asan = os.environ.get("FASTNN_EMU_ASAN", "0") == "1"
-    default_dir = ROOT / "build" / ("cuda_emu_asan" if asan else "cuda_emu")
+    variant = "cuda_emu" + ("_as_cpu" if replace_cpu else "") + ("_asan" if asan else "")
+    default_dir = ROOT / "build" / variant
     build_dir = Path(os.environ.get("FASTNN_EMU_BUILD", default_dir))
     src_dir = build_dir / "src"
     src_dir.mkdir(parents=True, exist_ok=True)
+
     def emit(src: Path, dst: Path):
-        text = rewrite(src.read_text())
+        text = rewrite(src.read_text(), "fastnn" if replace_cpu else LIBRARY)
         if not dst.exists() or dst.read_text() != text:  # keep ninja's timestamps when unchanged
             dst.write_text(text)
 
@@ -140,15 +148,18 @@ def load(verbose: bool = False):
     for name in KERNELS:
         emit(ROOT / "csrc" / "cuda" / f"{name}.cu", src_dir / f"{name}.cpp")
         sources.append(str(src_dir / f"{name}.cpp"))
-    _define_schemas()
+    if replace_cpu:
+        importlib.import_module("fastnn")  # its CPU kernels first, so the emulated ones override them
+    else:
+        _define_schemas()
     cpp_extension.load(
-        name="fastnn_cuda_emu_asan" if asan else "fastnn_cuda_emu", sources=sources, build_directory=str(build_dir),
+        name="fastnn_" + variant, sources=sources, build_directory=str(build_dir),
         extra_include_paths=[str(HERE / "include"), str(ROOT / "csrc" / "include")],
         extra_cflags=["-O2", "-std=c++20", "-Wno-unknown-pragmas", "-DFASTNN_CUDA_EMULATOR"]
         + (["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []),
         extra_ldflags=["-fsanitize=address"] if asan else [],
         is_python_module=False, verbose=verbose)
-    return getattr(torch.ops, LIBRARY)
+    return torch.ops.fastnn if replace_cpu else getattr(torch.ops, LIBRARY)
 
 
 if __name__ == "__main__":
