@@ -10,7 +10,7 @@ types, the SIMT and tensor-core GEMMs, split-K, grad_bias) is checked here on ev
 It does not replace a GPU: it cannot see timing, memory ordering beyond the barriers, or
 the device's own exp/log and tensor-core rounding (see tests/cuda_emu/include/cuda_runtime.h);
 tests/test_cuda.py and the device-parametrised tests do that on a GPU. The opt-in Hopper
-wgmma GEMM is not emulated.
+wgmma GEMM runs against the emulator's model of wgmma (the last tests).
 """
 import sys
 from pathlib import Path
@@ -231,7 +231,6 @@ def test_bad_target_fails_the_launch(E):
 # Linear: the SIMT GEMMs (float32, float64), the WMMA tensor-core GEMMs (float16, bfloat16,
 # TF32; the cp.async pipeline for large aligned products, register-staged otherwise),
 # split-K with its fixed-order reduction, the bias epilogue and the grad_bias column sums.
-# (The opt-in Hopper wgmma GEMM is not emulated.)
 
 LINEAR_SHAPES = [
     (64, 784, 256),   # MNIST layer 1 (split-K: fewer output tiles than SMs)
@@ -303,3 +302,67 @@ def test_linear_tf32(E, shape):
         torch.backends.cuda.matmul.allow_tf32 = prev
     assert ((y.double() - exact).abs() <= bound).all()
     assert not torch.equal(y, E.linear_forward(x, w, b))
+
+
+# ----------------------------------------------------------------------------------------
+# The Hopper wgmma GEMM (gemm_sm90.cuh, opt-in with FASTNN_WGMMA): its cp.async ring in
+# the 128-byte-swizzled layout, the matrix descriptors, the wgmma group pipeline and the
+# epilogue, against the emulator's model of wgmma (cuda_runtime.h: operands read through
+# the descriptors when issued and again at the wait, which must agree). FASTNN_WGMMA is
+# read once per process, so the products run in a child process.
+
+_WGMMA_CHILD = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import build
+E, F = build.load(), torch.ops.fastnn
+torch.backends.cuda.matmul.allow_tf32 = True  # float32 takes wgmma as TF32
+worst = {}
+for dt in (torch.float16, torch.bfloat16, torch.float32):
+    for M, K, N in [(130, 264, 200), (128, 64, 256), (1, 8, 1), (300, 72, 260), (64, 0, 16)]:
+        g = torch.Generator().manual_seed(M * K + N)
+        x = torch.randn(M, K, generator=g).to(dt)
+        w = (torch.randn(N, K, generator=g) / max(K, 1) ** 0.5).to(dt)
+        b = torch.randn(N, generator=g).to(dt)
+        dy = torch.randn(M, N, generator=g).to(dt)
+        X, W, B, DY = (t.double() for t in (x, w, b, dy))
+        got = [E.linear_forward(x, w, b)] + list(E.linear_backward(dy, x, w, [True, True, True]))
+        exact = [X @ W.t() + B, DY @ W, DY.t() @ X, DY.sum(0)]
+        # per element: output rounding plus TF32's input rounding, relative to sum |terms|
+        bound = [X.abs() @ W.abs().t() + B.abs(), DY.abs() @ W.abs(), DY.abs().t() @ X.abs(),
+                 DY.abs().sum(0)]
+        eps = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7, torch.float32: 2.0 ** -9}[dt]
+        for i, (a, e, s) in enumerate(zip(got, exact, bound)):
+            if a.numel():
+                r = ((a.double() - e).abs() / (eps * s + 1e-30)).max().item()
+                worst[(str(dt), M, K, N, i)] = r
+print(max(worst.values()))
+print(sorted(worst.items(), key=lambda kv: -kv[1])[:3])
+x = torch.randn(130, 264, generator=torch.Generator().manual_seed(1))
+print(E.linear_forward(x, x[:200], None).double().sum().item())  # TF32: which GEMM ran
+"""
+
+
+def _run_wgmma_child(mode):
+    import os
+    import subprocess
+    env = dict(os.environ, FASTNN_WGMMA=mode)
+    return subprocess.run([sys.executable, "-c", _WGMMA_CHILD, str(Path(__file__).parent / "cuda_emu")],
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_wgmma_gemm(E):
+    r = _run_wgmma_child("all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    # every element within 2 rounding units of its own scale (sum of |terms|)
+    assert float(r.stdout.splitlines()[0]) <= 2.0, r.stdout
+    # and wgmma did run: its TF32 inputs are truncated, the WMMA kernel's rounded
+    r0 = _run_wgmma_child("0")
+    assert r0.returncode == 0, r0.stderr[-3000:]
+    assert r.stdout.splitlines()[2] != r0.stdout.splitlines()[2]
+
+
+def test_wgmma_mode_is_read_in_the_emulated_build(E):
+    # the selection logic is live in this build: a bad FASTNN_WGMMA is refused by name
+    r = _run_wgmma_child("bogus")
+    assert r.returncode != 0 and "FASTNN_WGMMA must be 0, 1 or all" in r.stderr, r.stderr[-2000:]

@@ -36,9 +36,10 @@
 // 8j + 2(l%4) + {0,1}; register 4j + {2,3} the same columns of row 16w + l/4 + 8 --
 // converted and stored straight from registers (pairs when N is even).
 //
-// Compiled only in the sm_90a pass (__CUDA_ARCH_FEAT_SM90_ALL); in any other
-// pass the kernel traps, and linear.cu launches it only on a compute-capability
-// 9.0 device of a build whose arch list names 9.0a (FASTNN_SM90A).
+// Compiled only in the sm_90a pass (__CUDA_ARCH_FEAT_SM90_ALL), and for the CPU emulator
+// of tests/cuda_emu (FASTNN_CUDA_EMULATOR: the wgmma and fence calls go to its models of
+// them); in any other pass the kernel traps, and linear.cu launches it only on a
+// compute-capability 9.0 device of a build whose arch list names 9.0a (FASTNN_SM90A).
 #pragma once
 
 #include <cstdint>
@@ -49,6 +50,8 @@
 #include "gemm.cuh"  // to_acc / from_acc, cp_async16 / cp_async_commit / cp_async_wait
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FASTNN_WGMMA_DEVICE 1
+#elif defined(FASTNN_CUDA_EMULATOR)  // tests/cuda_emu: the wgmma calls below have CPU models
 #define FASTNN_WGMMA_DEVICE 1
 #endif
 
@@ -72,9 +75,11 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
 }
 
 // Keeps the compiler from moving accumulator accesses across the wgmma fences.
-__device__ __forceinline__ void fence_acc(float (&d)[64]) {
+__device__ __forceinline__ void fence_acc([[maybe_unused]] float (&d)[64]) {
+#if !defined(FASTNN_CUDA_EMULATOR)
 #pragma unroll
   for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+#endif
 }
 
 #define FASTNN_ACC8(i)                                                                      \
@@ -102,6 +107,12 @@ __device__ __forceinline__ void fence_acc(float (&d)[64]) {
 // for TF32 (float32 read from shared memory, low mantissa bits ignored); scale-d = 1.
 template <typename T>
 __device__ __forceinline__ void wgmma_m64n128_step(float (&d)[64], uint64_t da, uint64_t db);
+#if defined(FASTNN_CUDA_EMULATOR)
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n128_step(float (&d)[64], uint64_t da, uint64_t db) {
+  ::emu::wgmma_m64n128<T>(d, da, db);
+}
+#else
 template <>
 __device__ __forceinline__ void wgmma_m64n128_step<__half>(float (&d)[64], uint64_t da,
                                                            uint64_t db) {
@@ -117,9 +128,18 @@ __device__ __forceinline__ void wgmma_m64n128_step<float>(float (&d)[64], uint64
                                                           uint64_t db) {
   FASTNN_WGMMA_M64N128("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32", "1, 1");
 }
+#endif
 #undef FASTNN_WGMMA_M64N128
 #undef FASTNN_ACC8
 
+#if defined(FASTNN_CUDA_EMULATOR)
+__device__ __forceinline__ void wgmma_fence() {}
+__device__ __forceinline__ void wgmma_commit() { ::emu::wgmma_commit(); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { ::emu::wgmma_wait(N); }
+// The tensor cores read what cp.async wrote through the async proxy.
+__device__ __forceinline__ void fence_proxy_async() {}
+#else
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -128,6 +148,11 @@ template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+// The tensor cores read what cp.async wrote through the async proxy.
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+#endif
 
 // Two adjacent outputs rounded and stored as one 4-byte word (dst 4-byte aligned).
 __device__ __forceinline__ void store_pair(__half* dst, float a, float b) {
@@ -195,7 +220,7 @@ __global__ void __launch_bounds__(THREADS, 1)
 
   for (int64_t kt = 0; kt < k_tiles; ++kt) {
     cp_async_wait<STAGES - 3>();
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    fence_proxy_async();
     __syncthreads();
     const int64_t next = kt + STAGES - 2;
     if (next < k_tiles)

@@ -155,7 +155,8 @@ def load(verbose: bool = False, replace_cpu: bool = False):
     cpp_extension.load(
         name="fastnn_" + variant, sources=sources, build_directory=str(build_dir),
         extra_include_paths=[str(HERE / "include"), str(ROOT / "csrc" / "include")],
-        extra_cflags=["-O2", "-std=c++20", "-Wno-unknown-pragmas", "-DFASTNN_CUDA_EMULATOR"]
+        extra_cflags=["-O2", "-std=c++20", "-Wno-unknown-pragmas", "-DFASTNN_CUDA_EMULATOR",
+                      "-DFASTNN_SM90A"]
         + (["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []),
         extra_ldflags=["-fsanitize=address"] if asan else [],
         is_python_module=False, verbose=verbose)

@@ -25,11 +25,14 @@
 // CUDA_KERNEL_ASSERT or a C++ exception in a thread fails the launch after its block
 // (std::runtime_error naming the block and thread).
 //
+// wgmma (gemm_sm90.cuh, FASTNN_SM90A) is modelled from the PTX ISA's description of
+// the matrix descriptors, the 128-byte swizzle and the accumulator layout (see
+// wgmma_m64n128 below); it checks the kernel against that reading, not the hardware.
+//
 // Not modelled: memory ordering between threads beyond the barriers (all sharing in
 // fastnn's kernels goes through barriers), warp-synchronous code without __syncwarp,
-// atomics, the Hopper wgmma GEMM (gemm_sm90.cuh; it traps if launched). Device math is
-// the host's libm (CUDA's expf and logf may differ by an ulp or two) and WMMA sums in
-// plain float order, so compare with tolerances, not bits.
+// atomics. Device math is the host's libm (CUDA's expf and logf may differ by an ulp or
+// two) and tensor-core sums run in plain float order, so compare with tolerances, not bits.
 #pragma once
 
 #include <ucontext.h>
@@ -54,6 +57,9 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -244,6 +250,18 @@ struct AsyncCopy {
   bool valid;  // false: zero-fill, nothing read
 };
 
+// One wgmma.mma_async of a thread (its 64 accumulator registers of an m64n128 step):
+// the product is computed when issued and again when its group is waited for; the
+// two must agree (the hardware may read the shared-memory operands at any time in
+// between), then it is added to the accumulators.
+struct Wgmma {
+  float* d;
+  uint64_t da, db;
+  int elem;   // bytes per operand element (2, or 4 for TF32)
+  bool bf16;  // 16-bit operands: bfloat16 (else float16)
+  float product[64];
+};
+
 struct Fiber {
   enum State { kReady, kWaitBlock, kWaitWarp, kDone };
   Context ctx;
@@ -252,6 +270,8 @@ struct Fiber {
   State state = kReady;
   std::vector<AsyncCopy> open_group;              // not yet committed
   std::vector<std::vector<AsyncCopy>> committed;  // oldest first
+  std::vector<Wgmma> wgmma_open;
+  std::vector<std::vector<Wgmma>> wgmma_committed;
 };
 
 struct Launch {
@@ -390,7 +410,94 @@ inline void cp_async_wait(int pending) {
   }
 }
 
+// wgmma (sm_90a) on shared-memory operands described by matrix descriptors, as
+// gemm_sm90.cuh uses it: both operands K-major with the 128-byte swizzle, m64n128 with
+// 32 bytes of K per instruction (k16 for float16 / bfloat16, k8 for TF32), float
+// accumulators. The descriptor gives the start address (bits 0-13, 16-byte units) and
+// the stride between 8-row groups (SBO, bits 32-45); rows of a group are 128 bytes
+// apart, and the swizzle XORs address bits 4-6 with bits 7-9. TF32 reads float32 and
+// ignores the low 13 mantissa bits. The accumulator layout (thread t of the warpgroup,
+// w = t / 32, l = t % 32): register 4j + {0,1} is row 16w + l/4, columns 8j + 2(l%4) +
+// {0,1}; 4j + {2,3} the same columns of row 16w + l/4 + 8 (PTX ISA, "Matrix fragments
+// for wgmma .m64nNk16"). The emulator takes the layout from the same document as the
+// kernel's epilogue, so it checks the kernel's addressing and pipeline, not that layout.
+inline float wgmma_operand(const Wgmma& op, uint64_t desc, int row, int k) {
+  Launch& L = *current_launch();
+  if ((desc >> 62) != 1)
+    throw std::runtime_error("cuda emulator: wgmma descriptor without the 128-byte swizzle");
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3fff) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3fff) << 4;
+  const uint32_t lin = start + (row / 8) * sbo + (row % 8) * 128 + k * op.elem;
+  const uint32_t phys = lin ^ (((lin >> 7) & 7u) << 4);
+  if (phys + op.elem > L.smem_bytes)
+    throw std::runtime_error("cuda emulator: wgmma operand outside dynamic shared memory");
+  const unsigned char* p = L.smem + phys;
+  if (op.elem == 4) {
+    uint32_t u;
+    std::memcpy(&u, p, 4);
+    u &= 0xffffe000u;  // TF32: the low mantissa bits are ignored
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  if (op.bf16) {
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  return static_cast<float>(c10::Half(h, c10::Half::from_bits()));
+}
+
+inline void wgmma_product(const Wgmma& op, float (&out)[64]) {
+  const int t = me().linear % 128, w = t / 32, l = t % 32;
+  const int K = 32 / op.elem;
+  for (int j = 0; j < 16; ++j)
+    for (int r = 0; r < 4; ++r) {
+      const int row = 16 * w + l / 4 + (r >= 2 ? 8 : 0);
+      const int col = 8 * j + 2 * (l % 4) + (r & 1);
+      float s = 0.f;
+      for (int k = 0; k < K; ++k) s += wgmma_operand(op, op.da, row, k) * wgmma_operand(op, op.db, col, k);
+      out[4 * j + r] = s;
+    }
+}
+
+template <typename T>
+inline void wgmma_m64n128(float (&d)[64], uint64_t da, uint64_t db) {
+  Wgmma op{d, da, db, static_cast<int>(sizeof(T)), std::is_same<T, c10::BFloat16>::value, {}};
+  wgmma_product(op, op.product);
+  me().wgmma_open.push_back(op);
+}
+inline void wgmma_commit() {
+  Fiber& f = me();
+  f.wgmma_committed.push_back(std::move(f.wgmma_open));
+  f.wgmma_open.clear();
+}
+inline void wgmma_wait(int pending) {
+  Fiber& f = me();
+  while (static_cast<int>(f.wgmma_committed.size()) > pending) {
+    for (const Wgmma& op : f.wgmma_committed.front()) {
+      float now[64];
+      wgmma_product(op, now);
+      if (std::memcmp(now, op.product, sizeof(now)) != 0)
+        throw std::runtime_error(
+            "cuda emulator: a wgmma's shared-memory operands changed between its issue and "
+            "its wait_group (a stage reused too early, or read before its data landed)");
+      for (int i = 0; i < 64; ++i) op.d[i] += op.product[i];
+    }
+    f.wgmma_committed.erase(f.wgmma_committed.begin());
+  }
+}
+
 inline void thread_exit(Launch& L, Fiber& f) {
+  if (!f.wgmma_open.empty() || !f.wgmma_committed.empty()) {
+    f.wgmma_open.clear();
+    f.wgmma_committed.clear();
+    if (!L.failed) L.error = "a thread exited with wgmma operations not waited for";
+    L.failed = true;
+  }
   for (const auto& g : f.committed) do_copies(g);
   do_copies(f.open_group);
   f.committed.clear();
