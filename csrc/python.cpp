@@ -49,7 +49,8 @@ class Args {
       : op_(op), args_(args) {
     if (nargs != expected)
       throw torch::TypeError(c10::str("fastnn._C.", op, "() expects ", expected,
-                                      " positional arguments, got ", nargs));
+                                      expected == 1 ? " positional argument" : " positional arguments",
+                                      ", got ", nargs));
   }
 
   at::Tensor tensor(int i, const char* name) const {

@@ -112,7 +112,7 @@ def test_entry_point_argument_errors():
         fastnn._C.linear_forward(x, [[1.0] * 5], None)
     with pytest.raises(TypeError, match="argument 'label_smoothing' must be float"):
         fastnn._C.cross_entropy_forward(x, torch.zeros(4, dtype=torch.long), None, 1, -100, "0")
-    with pytest.raises(TypeError, match="expects 1 positional arguments, got 0"):
+    with pytest.raises(TypeError, match="expects 1 positional argument, got 0"):
         fastnn._C.relu_forward()
     # errors from the op keep their Python types
     with pytest.raises(IndexError, match="out of bounds"):
