@@ -153,8 +153,8 @@ def _loss_inputs(shape, dtype, weighted, ignore, seed=0):
     return x, t, w, C
 
 
-LOSS_SHAPES = [(64, 10), (1, 5), (10,), (0, 4), (5000, 10), (300, 40), (3, 2000),
-               (2, 5000), (4, 3, 5, 6), (2, 7, 300)]
+LOSS_SHAPES = [(64, 10), (1, 5), (10,), (0, 4), (5000, 10), (17000, 3), (300, 40), (3, 2000),
+               (2, 5000), (4, 3, 5, 6), (2, 7, 300)]  # (17000, 3): several blocks + finalize
 REDUCTIONS = [0, 1, 2]  # none, mean, sum
 
 
