@@ -33,15 +33,19 @@ build/.built: $(VENV)/.installed $(SOURCES)
 demo: build
 	FASTNN_DATA=$${FASTNN_DATA:-$(DATA)} $(VPY) -m fastnn.train $(ARGS)
 
-# The kernel tests once more on the CPU kernels' portable paths (what non-x86 CPUs run):
-# ATEN_CPU_CAPABILITY=default turns off fastnn's AVX2 code as it does PyTorch's.
-PORTABLE_TESTS := tests/test_linear.py tests/test_relu.py tests/test_log_softmax.py tests/test_half.py \
-                  tests/test_losses.py tests/test_gradcheck.py tests/test_determinism.py
+# The kernel tests run twice more: on the CPU kernels' portable paths (what non-x86 CPUs
+# run; ATEN_CPU_CAPABILITY=default turns off fastnn's AVX2 code as it does PyTorch's), and
+# with the CPU kernels replaced by the CUDA kernels in the CPU emulator of tests/cuda_emu
+# (FASTNN_EMULATE_CUDA=1), so the CUDA code is tested on machines without a GPU.
+KERNEL_TESTS := tests/test_linear.py tests/test_relu.py tests/test_log_softmax.py tests/test_half.py \
+                tests/test_losses.py tests/test_gradcheck.py tests/test_determinism.py
 
 test: build
 	$(VPY) -m pytest -q tests $(ARGS)
 	@echo "The kernel tests again on the portable (non-AVX2) CPU paths:"
-	ATEN_CPU_CAPABILITY=default $(VPY) -m pytest -q -p no:cacheprovider $(PORTABLE_TESTS)
+	ATEN_CPU_CAPABILITY=default $(VPY) -m pytest -q -p no:cacheprovider $(KERNEL_TESTS)
+	@echo "The kernel tests again on the CUDA kernels, run by the CPU emulator (tests/cuda_emu):"
+	FASTNN_EMULATE_CUDA=1 $(VPY) -m pytest -q -p no:cacheprovider $(KERNEL_TESTS)
 
 bench: build
 	FASTNN_DATA=$${FASTNN_DATA:-$(DATA)} $(VPY) -m benchmarks.run $(ARGS)
