@@ -8,8 +8,12 @@ rewrite changes only what a host compiler cannot read:
 
 * ``kernel<<<grid, block[, smem[, stream]]>>>(args)`` becomes
   ``::emu::launch(kernel, ::emu::config(grid, block, ...), args)``;
-* ``extern __shared__ ... name[];`` becomes a pointer to the launch's dynamic shared memory;
+* ``extern __shared__ ... name[];`` becomes a pointer to the launch's dynamic shared memory,
+  and ``__shared__ T name[...];`` a function static registered with the emulator (which
+  poisons it at every block's start);
 * ``CUDA_KERNEL_ASSERT`` becomes the emulator's (an exception that fails the launch);
+* ``__launch_bounds__(n, ...)`` becomes a check, at the top of the kernel, that the block
+  has at most n threads;
 * ``.is_cuda()`` becomes ``.is_cpu()`` (the emulated device's tensors live on the CPU);
 * ``TORCH_LIBRARY_IMPL(fastnn, CUDA, m)`` becomes ``TORCH_LIBRARY_IMPL(fastnn_emu, CPU, m)``.
 
@@ -87,12 +91,49 @@ def rewrite_launches(src: str) -> str:
         out = out[:start] + call + out[close + 1:]
 
 
+_STATIC_SMEM = re.compile(r"__shared__\s+([^;]*?)\s+(\w+)\s*((?:\[[^\]]+\])+)\s*;")
 _DYN_SMEM = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:][\w:\s]*?)\s+(\w+)\s*\[\s*\]\s*;")
+
+
+def _top_level_args(text: str):
+    """Split a macro argument list at its top-level commas."""
+    depth, start, out = 0, 0, []
+    for i, ch in enumerate(text):
+        if ch in "([<":
+            depth += 1
+        elif ch in ")]>":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(text[start:i])
+            start = i + 1
+    return out + [text[start:]]
+
+
+def rewrite_launch_bounds(src: str) -> str:
+    """``__launch_bounds__(n, ...) kernel(...) {`` -> ``kernel(...) { EMU_CHECK_BOUNDS((n));``:
+    a launch with more threads than the bound fails, as on the hardware."""
+    pos = 0
+    while True:
+        i = src.find("__launch_bounds__(", pos)
+        if i < 0:
+            return src
+        open_ = i + len("__launch_bounds__")
+        close = _matching_paren(src, open_)
+        first = _top_level_args(src[open_ + 1:close])[0].strip()
+        brace = src.find("{", close)
+        if brace < 0 or ";" in src[close:brace]:  # a declaration without a body
+            src = src[:i] + src[close + 1:]
+        else:
+            src = (src[:i] + src[close + 1:brace + 1] + f" EMU_CHECK_BOUNDS(({first}));"
+                   + src[brace + 1:])
+        pos = i
 
 
 def rewrite(src: str, library: str = LIBRARY) -> str:
     src = rewrite_launches(src)
+    src = rewrite_launch_bounds(src)
     src = _DYN_SMEM.sub(r"\1* \2 = static_cast<\1*>(::emu::dynamic_smem());", src)
+    src = _STATIC_SMEM.sub(r"static \1 \2\3; ::emu::shared_array(\2, sizeof(\2));", src)
     src = src.replace("CUDA_KERNEL_ASSERT(", "EMU_KERNEL_ASSERT(")
     src = src.replace(".is_cuda()", ".is_cpu()")  # the emulated device's tensors live on the CPU
     src = re.sub(r"TORCH_LIBRARY_IMPL\(\s*fastnn\s*,\s*CUDA\s*,", f"TORCH_LIBRARY_IMPL({library}, CPU,", src)
@@ -144,17 +185,22 @@ def load(verbose: bool = False, replace_cpu: bool = False):
 
     for header in (ROOT / "csrc" / "cuda").glob("*.cuh"):  # found first: beside the sources
         emit(header, src_dir / header.name)
+    (src_dir / "include" / "fastnn").mkdir(parents=True, exist_ok=True)
+    for header in (ROOT / "csrc" / "include" / "fastnn").glob("*.cuh"):  # ahead of csrc/include
+        emit(header, src_dir / "include" / "fastnn" / header.name)
     sources = []
     for name in KERNELS:
         emit(ROOT / "csrc" / "cuda" / f"{name}.cu", src_dir / f"{name}.cpp")
         sources.append(str(src_dir / f"{name}.cpp"))
+    sources.append(str(HERE / "emu_ops.cpp"))
     if replace_cpu:
         importlib.import_module("fastnn")  # its CPU kernels first, so the emulated ones override them
     else:
         _define_schemas()
     cpp_extension.load(
         name="fastnn_" + variant, sources=sources, build_directory=str(build_dir),
-        extra_include_paths=[str(HERE / "include"), str(ROOT / "csrc" / "include")],
+        extra_include_paths=[str(HERE / "include"), str(src_dir / "include"),
+                             str(ROOT / "csrc" / "include")],
         extra_cflags=["-O2", "-std=c++20", "-Wno-unknown-pragmas", "-DFASTNN_CUDA_EMULATOR",
                       "-DFASTNN_SM90A"]
         + (["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []),

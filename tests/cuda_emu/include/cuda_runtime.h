@@ -9,30 +9,38 @@
 // Model. A launch runs its blocks one after another. Each thread of a block is a fiber
 // with its own stack; one OS thread runs them, switching only at barriers:
 // __syncthreads() waits for every thread of the block, the warp-level operations
-// (__shfl_*_sync, __syncwarp) for every thread of the warp. A thread that has returned
-// counts as arrived, as on the hardware. If no thread can run while some still wait
-// (threads at different barriers), the launch fails with "deadlock" instead of hanging.
-// `__shared__` variables are function statics (one block at a time, so they are per
-// block). Dynamic shared memory is a 1024-byte aligned buffer of the launch's size,
-// filled with 0xff bytes (NaN for floating point) at the start of every block, so a read
-// before the first write shows. cp.async copies are queued per thread and land only when
+// (__shfl_*_sync, __syncwarp) for every live thread of the warp (the mask is not
+// modelled). A thread that has returned counts as arrived, as on the hardware. If no
+// thread can run while some still wait (threads at different barriers), the launch fails
+// with "deadlock" instead of hanging. Shared memory reads 0xff bytes (NaN for floating
+// point) until written in the block: `__shared__` arrays are function statics that
+// build.py registers (shared_array) and that are poisoned at every block's start, and
+// dynamic shared memory is a buffer of the launch's size, poisoned likewise, whose base
+// is 128 bytes past a 1024-byte boundary (the alignment a kernel may assume). cp.async
+// copies are queued per thread, poison their destination when issued and land only when
 // a wait_group retires their group (gemm.cuh calls the emulator's versions under
-// FASTNN_CUDA_EMULATOR), so a stage read before its wait reads the poison.
+// FASTNN_CUDA_EMULATOR), so a stage read before its wait, or overwritten while still
+// read, shows. WMMA fragments hold whole tiles, but each lane stores only its share.
 //
-// Checked as the hardware would refuse it: block size 1..1024 threads, grid y/z <=
-// 65535 and x < 2^31, dynamic shared memory <= 48 KB unless cudaFuncSetAttribute raised
-// the kernel's limit (<= 227 KB), misaligned cp.async and WMMA addresses. A failed
-// CUDA_KERNEL_ASSERT or a C++ exception in a thread fails the launch after its block
-// (std::runtime_error naming the block and thread).
+// Checked as the hardware would refuse it: block size 1..1024 threads and at most the
+// kernel's __launch_bounds__, grid y/z <= 65535 and x < 2^31, dynamic shared memory <=
+// 48 KB unless cudaFuncSetAttribute raised the kernel's limit (<= 227 KB), misaligned
+// cp.async and WMMA addresses. A failed CUDA_KERNEL_ASSERT or a C++ exception in a
+// thread fails the launch after its block (std::runtime_error naming the block and
+// thread).
 //
-// wgmma (gemm_sm90.cuh, FASTNN_SM90A) is modelled from the PTX ISA's description of
-// the matrix descriptors, the 128-byte swizzle and the accumulator layout (see
-// wgmma_m64n128 below); it checks the kernel against that reading, not the hardware.
+// wgmma (gemm_sm90.cuh, FASTNN_SM90A) is modelled from the PTX ISA's description of the
+// matrix descriptors, the 128-byte swizzle and the accumulator layout (see wgmma_m64n128
+// below); it checks the kernel against that reading, not the hardware. wgmma.fence and
+// fence.proxy.async are no-ops here (a missing one cannot show), descriptor bits other
+// than start address, SBO and swizzle mode are not checked, nor that the warpgroup's
+// threads pass the same descriptors.
 //
 // Not modelled: memory ordering between threads beyond the barriers (all sharing in
 // fastnn's kernels goes through barriers), warp-synchronous code without __syncwarp,
-// atomics. Device math is the host's libm (CUDA's expf and logf may differ by an ulp or
-// two) and tensor-core sums run in plain float order, so compare with tolerances, not bits.
+// atomics, blockDim.z <= 64, static shared memory's share of the 48 KB. Device math is
+// the host's libm (CUDA's expf and logf may differ by an ulp or two) and tensor-core sums
+// run in plain float order, so compare with tolerances, not bits.
 #pragma once
 
 #include <ucontext.h>
@@ -183,7 +191,7 @@ struct Context {
   void* sp = nullptr;
   StackRange stack;  // empty for the scheduler (its thread's own stack)
 };
-__attribute__((naked, noinline)) static void switch_stack(void** /*save_sp*/, void* /*load_sp*/) {
+__attribute__((naked, noinline)) inline void switch_stack(void** /*save_sp*/, void* /*load_sp*/) {
   asm volatile(
       "pushq %rbp\n\tpushq %rbx\n\tpushq %r12\n\tpushq %r13\n\tpushq %r14\n\tpushq %r15\n\t"
       "subq $8, %rsp\n\tstmxcsr (%rsp)\n\tfnstcw 4(%rsp)\n\t"
@@ -284,14 +292,30 @@ struct Launch {
   int live = 0, block_arrived = 0;
   std::vector<int> warp_live, warp_arrived;
   std::vector<std::array<std::array<unsigned char, 16>, 32>> shfl;  // [warp][lane]
-  // Dynamic shared memory: `smem` bytes at a 1024-byte aligned address (the hardware's
-  // shared window starts aligned; kernels declare 16- to 1024-byte alignment).
+  // Dynamic shared memory: `smem` bytes (alignment: see run()).
   std::vector<unsigned char> dyn_storage;
   unsigned char* smem = nullptr;
   size_t smem_bytes = 0;
   std::string error;
   bool failed = false;
+  // Static __shared__ arrays (function statics, see shared_array) met in this launch.
+  std::vector<std::pair<void*, size_t>> statics;
 };
+
+// Launches per kernel (function address) in this process; read by launches() in
+// emu_ops.cpp, so tests can check which kernel a product took.
+inline std::vector<std::pair<const void*, int64_t>>& launch_counts() {
+  static std::vector<std::pair<const void*, int64_t>> v;
+  return v;
+}
+inline void count_launch(const void* kernel) {
+  for (auto& [k, n] : launch_counts())
+    if (k == kernel) {
+      ++n;
+      return;
+    }
+  launch_counts().emplace_back(kernel, 1);
+}
 
 inline Launch*& current_launch() {
   static Launch* l = nullptr;
@@ -310,6 +334,17 @@ inline char* stack_pool() {
 }
 
 inline void* dynamic_smem() { return current_launch()->smem; }
+
+// build.py turns `__shared__ T name[...];` into a function static followed by this call:
+// the array is poisoned (0xff) when a launch first meets it and at the start of every
+// block after, so a read before the block's first write shows, as for dynamic memory.
+inline void shared_array(void* p, size_t bytes) {
+  Launch& L = *current_launch();
+  for (const auto& [q, n] : L.statics)
+    if (q == p) return;
+  L.statics.emplace_back(p, bytes);
+  std::memset(p, 0xff, bytes);
+}
 
 inline Fiber& me() {
   Launch& L = *current_launch();
@@ -352,8 +387,10 @@ inline void warp_barrier() {
   yield_to_scheduler();
 }
 
-// The value `var` of lane `src(lane)` of this warp; lanes outside the warp or the
-// lane's width-segment read their own value, as CUDA's shuffles do.
+// The value `var` of lane `src(lane)` of this warp. As CUDA's shuffles: a source lane in
+// a later width-group than the reading lane, or past the warp, gives the reader's own
+// value; earlier groups may be read. The shuffle mask is not modelled: every live lane
+// of the warp takes part (fastnn's kernels use the full mask).
 template <typename T, typename SrcLane>
 inline T shuffle(T var, int width, SrcLane src_of) {
   static_assert(sizeof(T) <= 16, "shuffle of a type wider than 16 bytes");
@@ -364,7 +401,7 @@ inline T shuffle(T var, int width, SrcLane src_of) {
   warp_barrier();
   int src = src_of(lane);
   const int warp_threads = std::min(32, L.nthreads - 32 * w);
-  if (src < 0 || src >= warp_threads || src / width != lane / width) src = lane;
+  if (src < 0 || src >= warp_threads || src / width > lane / width) src = lane;
   T out;
   std::memcpy(&out, L.shfl[w][src].data(), sizeof(T));
   warp_barrier();  // every lane has read before the buffer is reused
@@ -372,8 +409,10 @@ inline T shuffle(T var, int width, SrcLane src_of) {
 }
 
 // cp.async as the hardware orders it: copies are queued per thread, grouped by
-// commit_group, and land only when wait_group<N> retires every group but the newest N,
-// so a read of a stage before its wait sees the 0xff poison, not the data.
+// commit_group, and land only when wait_group<N> retires every group but the newest N.
+// The destination is poisoned (0xff) when the copy is issued (the hardware may write it
+// at any time until the wait), so a read of a stage before its wait, or a stage still
+// being read (by wgmma) when a copy into it is issued, sees the poison, not the data.
 inline void do_copies(const std::vector<AsyncCopy>& g) {
   for (const AsyncCopy& c : g) {
     if (c.valid) std::memcpy(c.dst, c.src, 16);
@@ -395,6 +434,7 @@ inline void cp_async16(uint32_t smem, const void* gmem, bool valid) {
   if (smem + 16 > L.smem_bytes)
     throw std::runtime_error("cuda emulator: cp.async past the end of dynamic shared memory");
   void* dst = L.smem + smem;
+  std::memset(dst, 0xff, 16);
   me().open_group.push_back({dst, gmem, valid});
 }
 inline void cp_async_commit() {
@@ -503,6 +543,7 @@ inline void thread_exit(Launch& L, Fiber& f) {
   f.committed.clear();
   f.open_group.clear();
   f.state = Fiber::kDone;
+  L.shfl[f.linear / 32][f.linear % 32].fill(0xff);  // an exited lane has no value to give
   --L.live;
   const int w = f.linear / 32;
   --L.warp_live[w];
@@ -551,6 +592,7 @@ inline void run_block(Launch& L) {
     L.warp_arrived[w] = 0;
   }
   if (L.smem_bytes) std::memset(L.smem, 0xff, L.smem_bytes);
+  for (const auto& [p, n] : L.statics) std::memset(p, 0xff, n);
   char* stacks = stack_pool();
   for (int t = 0; t < L.nthreads; ++t) {
     Fiber& f = L.fibers[t];
@@ -596,6 +638,7 @@ inline void run(const void* kernel, const Config& cfg, std::function<void()> bod
                              std::to_string(smem_limit));
   if (current_launch() != nullptr)
     throw std::runtime_error("cuda emulator: a kernel launched another kernel");
+  count_launch(kernel);
   Launch L;
   L.cfg = cfg;
   L.body = std::move(body);
@@ -605,10 +648,16 @@ inline void run(const void* kernel, const Config& cfg, std::function<void()> bod
   L.warp_live.resize(nwarps);
   L.warp_arrived.resize(nwarps);
   L.shfl.resize(nwarps);
-  L.dyn_storage.resize(cfg.smem + 1024);
+  // The base is 128 bytes past a 1024-byte boundary: the alignment kernels may rely on
+  // (extern __shared__ __align__(128)), and no more, so a kernel that needs 1024-byte
+  // alignment (the wgmma ring) must align itself, as on the hardware.
+  L.dyn_storage.resize(cfg.smem + 2048);
   L.smem = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<uintptr_t>(L.dyn_storage.data()) + 1023) & ~uintptr_t(1023));
+      ((reinterpret_cast<uintptr_t>(L.dyn_storage.data()) + 1023) & ~uintptr_t(1023)) + 128);
   L.smem_bytes = cfg.smem;
+#if defined(FASTNN_EMU_ASAN)
+  ASAN_POISON_MEMORY_REGION(L.smem + cfg.smem, L.dyn_storage.data() + L.dyn_storage.size() - (L.smem + cfg.smem));
+#endif
   current_launch() = &L;
   blockDim = cfg.block;
   gridDim = cfg.grid;
@@ -644,7 +693,7 @@ inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barrier(); }
 
 template <typename T>
 inline T __shfl_xor_sync(unsigned, T var, int lane_mask, int width = 32) {
-  return emu::shuffle(var, width, [&](int lane) { return lane ^ lane_mask; });
+  return emu::shuffle(var, width, [&](int lane) { return (lane ^ lane_mask) & 31; });
 }
 template <typename T>
 inline T __shfl_down_sync(unsigned, T var, unsigned delta, int width = 32) {
@@ -658,6 +707,13 @@ inline T __shfl_sync(unsigned, T var, int src_lane, int width = 32) {
   return emu::shuffle(var, width,
                       [&](int lane) { return (lane / width) * width + (src_lane % width); });
 }
+
+// build.py puts this at the top of every kernel that declares __launch_bounds__(n, ...).
+#define EMU_CHECK_BOUNDS(n)                                                                 \
+  do {                                                                                      \
+    if (static_cast<int64_t>(blockDim.x) * blockDim.y * blockDim.z > (n))                   \
+      throw std::runtime_error("launch with more threads per block than __launch_bounds__"); \
+  } while (0)
 
 #define EMU_KERNEL_ASSERT(cond)                                                          \
   do {                                                                                   \

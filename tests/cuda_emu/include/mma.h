@@ -2,9 +2,10 @@
 // uses, m16n16k16 (float16 / bfloat16) and m16n16k8 (TF32), float accumulators.
 //
 // The hardware spreads a fragment over the 32 lanes of a warp in an unspecified layout;
-// here every lane holds the whole tile (num_elements = rows x cols), which every use
-// that is legal for an unspecified layout (collective load / store / mma, the same
-// elementwise operation on every element) cannot tell apart. The products are summed
+// here every lane holds the whole tile (num_elements = rows x cols) for loads and mma,
+// and store_matrix_sync writes only the lane's share (elements e with e % 32 == lane), so
+// a read of the stored tile by another lane without a __syncwarp between reads poison
+// or stale data. The products are summed
 // in float in k order; the tensor cores' own summation differs in rounding only.
 // Checked as the hardware requires: a 32-byte aligned pointer and a leading dimension
 // that is a multiple of 16 bytes.
@@ -17,6 +18,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 namespace nvcuda {
 namespace wmma {
@@ -64,6 +66,8 @@ inline void check_access(const void* p, unsigned ldm, size_t elem) {
 template <typename Use, int M, int N, int K, typename T, typename Layout, typename P>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const P* p, unsigned ldm) {
   using F = fragment<Use, M, N, K, T, Layout>;
+  static_assert(!std::is_same<Use, accumulator>::value,
+                "an accumulator fragment is loaded with a layout_t argument");
   check_access(p, ldm, sizeof(P));
   constexpr bool row = std::is_same<Layout, row_major>::value;
   for (int r = 0; r < F::rows; ++r)
@@ -80,9 +84,11 @@ template <int M, int N, int K, typename T>
 inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm,
                               layout_t layout) {
   check_access(p, ldm, sizeof(T));
+  const int lane = emu::me().linear % 32;
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c)
-      (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
+      if ((r * N + c) % 32 == lane)
+        (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
 }
 
 template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB>
