@@ -270,16 +270,36 @@ struct Wgmma {
   float product[64];
 };
 
+// A thread's asynchronous operations in commit groups, as cp.async and wgmma have them:
+// add() to the open group, commit() closes it (an empty group counts), retire(n, done)
+// calls done on every operation of all but the newest n committed groups, oldest first.
+template <typename Op>
+struct Groups {
+  std::vector<Op> open;
+  std::vector<std::vector<Op>> committed;  // oldest first
+
+  void commit() {
+    committed.push_back(std::move(open));
+    open.clear();
+  }
+  template <typename Done>
+  void retire(int pending, Done&& done) {
+    while (static_cast<int>(committed.size()) > pending) {
+      for (const Op& op : committed.front()) done(op);
+      committed.erase(committed.begin());
+    }
+  }
+  bool empty() const { return open.empty() && committed.empty(); }
+};
+
 struct Fiber {
   enum State { kReady, kWaitBlock, kWaitWarp, kDone };
   Context ctx;
   dim3 tid;
   int linear = 0;
   State state = kReady;
-  std::vector<AsyncCopy> open_group;              // not yet committed
-  std::vector<std::vector<AsyncCopy>> committed;  // oldest first
-  std::vector<Wgmma> wgmma_open;
-  std::vector<std::vector<Wgmma>> wgmma_committed;
+  Groups<AsyncCopy> copies;
+  Groups<Wgmma> wgmmas;
 };
 
 struct Launch {
@@ -413,11 +433,9 @@ inline T shuffle(T var, int width, SrcLane src_of) {
 // The destination is poisoned (0xff) when the copy is issued (the hardware may write it
 // at any time until the wait), so a read of a stage before its wait, or a stage still
 // being read (by wgmma) when a copy into it is issued, sees the poison, not the data.
-inline void do_copies(const std::vector<AsyncCopy>& g) {
-  for (const AsyncCopy& c : g) {
-    if (c.valid) std::memcpy(c.dst, c.src, 16);
-    else std::memset(c.dst, 0, 16);
-  }
+inline void do_copy(const AsyncCopy& c) {
+  if (c.valid) std::memcpy(c.dst, c.src, 16);
+  else std::memset(c.dst, 0, 16);
 }
 inline uint32_t shared_offset(const void* p) {
   Launch& L = *current_launch();
@@ -435,20 +453,10 @@ inline void cp_async16(uint32_t smem, const void* gmem, bool valid) {
     throw std::runtime_error("cuda emulator: cp.async past the end of dynamic shared memory");
   void* dst = L.smem + smem;
   std::memset(dst, 0xff, 16);
-  me().open_group.push_back({dst, gmem, valid});
+  me().copies.open.push_back({dst, gmem, valid});
 }
-inline void cp_async_commit() {
-  Fiber& f = me();
-  f.committed.push_back(std::move(f.open_group));
-  f.open_group.clear();
-}
-inline void cp_async_wait(int pending) {
-  Fiber& f = me();
-  while (static_cast<int>(f.committed.size()) > pending) {
-    do_copies(f.committed.front());
-    f.committed.erase(f.committed.begin());
-  }
-}
+inline void cp_async_commit() { me().copies.commit(); }
+inline void cp_async_wait(int pending) { me().copies.retire(pending, do_copy); }
 
 // wgmma (sm_90a) on shared-memory operands described by matrix descriptors, as
 // gemm_sm90.cuh uses it: both operands K-major with the 128-byte swizzle, m64n128 with
@@ -508,40 +516,29 @@ template <typename T>
 inline void wgmma_m64n128(float (&d)[64], uint64_t da, uint64_t db) {
   Wgmma op{d, da, db, static_cast<int>(sizeof(T)), std::is_same<T, c10::BFloat16>::value, {}};
   wgmma_product(op, op.product);
-  me().wgmma_open.push_back(op);
+  me().wgmmas.open.push_back(op);
 }
-inline void wgmma_commit() {
-  Fiber& f = me();
-  f.wgmma_committed.push_back(std::move(f.wgmma_open));
-  f.wgmma_open.clear();
-}
+inline void wgmma_commit() { me().wgmmas.commit(); }
 inline void wgmma_wait(int pending) {
-  Fiber& f = me();
-  while (static_cast<int>(f.wgmma_committed.size()) > pending) {
-    for (const Wgmma& op : f.wgmma_committed.front()) {
-      float now[64];
-      wgmma_product(op, now);
-      if (std::memcmp(now, op.product, sizeof(now)) != 0)
-        throw std::runtime_error(
-            "cuda emulator: a wgmma's shared-memory operands changed between its issue and "
-            "its wait_group (a stage reused too early, or read before its data landed)");
-      for (int i = 0; i < 64; ++i) op.d[i] += op.product[i];
-    }
-    f.wgmma_committed.erase(f.wgmma_committed.begin());
-  }
+  me().wgmmas.retire(pending, [](const Wgmma& op) {
+    float now[64];
+    wgmma_product(op, now);
+    if (std::memcmp(now, op.product, sizeof(now)) != 0)
+      throw std::runtime_error(
+          "cuda emulator: a wgmma's shared-memory operands changed between its issue and "
+          "its wait_group (a stage reused too early, or read before its data landed)");
+    for (int i = 0; i < 64; ++i) op.d[i] += op.product[i];
+  });
 }
 
 inline void thread_exit(Launch& L, Fiber& f) {
-  if (!f.wgmma_open.empty() || !f.wgmma_committed.empty()) {
-    f.wgmma_open.clear();
-    f.wgmma_committed.clear();
+  if (!f.wgmmas.empty()) {
     if (!L.failed) L.error = "a thread exited with wgmma operations not waited for";
     L.failed = true;
   }
-  for (const auto& g : f.committed) do_copies(g);
-  do_copies(f.open_group);
-  f.committed.clear();
-  f.open_group.clear();
+  f.wgmmas = {};
+  f.copies.commit();
+  f.copies.retire(0, do_copy);  // copies never waited for still land
   f.state = Fiber::kDone;
   L.shfl[f.linear / 32][f.linear % 32].fill(0xff);  // an exited lane has no value to give
   --L.live;
