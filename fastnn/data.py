@@ -17,9 +17,17 @@ The root uses torchvision's layout: ``ROOT/MNIST/raw/*-ubyte.gz`` and
 themselves, which fails on a read-only root (a shared data folder): in that case a
 writable mirror ``<cache>/data/<Name>/raw`` is built with symlinks to the ``.gz``
 files, and torchvision extracts there instead.
+
+fastnn extracts the ``.gz`` files itself before torchvision looks (after checking
+torchvision's MD5), each to a temporary file renamed into place, so processes that load
+the same root at once (parallel test workers, several training runs) never read a
+half-written file.
 """
+import gzip
 import os
+import shutil
 import stat
+import uuid
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -106,7 +114,10 @@ def prepare_root(root: str, name: str) -> str:
     to the read-only ``.gz`` files (torchvision verifies their MD5 and extracts there).
     """
     raw = os.path.join(root, name, "raw")
-    if _extracted(raw) or _writable(raw):
+    if _extracted(raw):
+        return root
+    if _writable(raw):
+        _extract(raw, raw, name)
         return root
     mirror_root = os.path.join(cache_dir(), "data")
     if os.path.abspath(mirror_root) == os.path.abspath(root):
@@ -128,7 +139,32 @@ def prepare_root(root: str, name: str) -> str:
                     continue  # a real file already there (an extracted or downloaded copy)
                 os.remove(dst)  # a stale link, e.g. to an older root
             os.symlink(src, dst)
+    _extract(mirror_raw, mirror_raw, name)
     return mirror_root
+
+
+def _extract(src_dir: str, dst_dir: str, name: str) -> None:
+    """Decompress each of dataset ``name``'s ``.gz`` files in ``src_dir`` whose checksum
+    matches torchvision's into ``dst_dir``, atomically (a temporary file in ``dst_dir``,
+    then a rename). Files already there, missing or corrupt are left for torchvision,
+    which downloads or reports them."""
+    import torchvision
+    from torchvision.datasets.utils import check_integrity
+
+    for gz_name, md5 in getattr(torchvision.datasets, name).resources:
+        dst = os.path.join(dst_dir, gz_name[:-len(".gz")])
+        gz = os.path.join(src_dir, gz_name)
+        if os.path.isfile(dst) or not check_integrity(gz, md5):
+            continue
+        tmp = f"{dst}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with open(tmp, "xb") as out, gzip.open(gz, "rb") as src:
+                shutil.copyfileobj(src, out)
+            os.replace(tmp, dst)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def _missing_message(dataset: str, root: str, name: str, err: Exception) -> str:

@@ -111,7 +111,15 @@ ALLOWED_RAISES = [
     ("fastnn", "`weight` must be 2-D", lambda c: len(c.desc.get("w", [])) == 1),
     # A (1, C) class weight: taken with (N, C, d1, ...) inputs, refused with (N, C) ones.
     ("fastnn", "`weight` must be 1-D", lambda c: c.desc.get("bad") == "w_2d"),
+    # Native CUDA skips the losses' target and weight dtype checks for an empty input
+    # (pytorch/pytorch#171931); native CPU and fastnn check them always.
+    ("fastnn", "must hold class indices as int64", lambda c: _empty_loss(c)),
+    ("fastnn", "has dtype", lambda c: _empty_loss(c)),
 ]
+
+
+def _empty_loss(case):
+    return case.op in ("nll_loss", "cross_entropy") and 0 in case.desc["shape"]
 
 
 def allowed_raise(case, side, exc):
@@ -119,15 +127,30 @@ def allowed_raise(case, side, exc):
                for s, part, when in ALLOWED_RAISES)
 
 
-def skipped_elements(case, args, name):
+def skipped_elements(case, args, name, device):
     """Mask of the elements of `name` whose values are not compared, or None. "Differences
     from native ... kept": cross_entropy gives ignored positions a zero gradient even when
     their logits are NaN/inf (native: NaN); so does its double backward. And losses need at
     least one class: fastnn takes C = 0 only for an empty batch, where native's label-smoothed
     loss divides 0 by C = 0 (NaN) and fastnn's is 0."""
+    if case.op not in ("nll_loss", "cross_entropy"):
+        return None
     x, target = args[0], args[1]
-    if case.op in ("nll_loss", "cross_entropy") and x.dim() and x.shape[1 if x.dim() > 1 else 0] == 0:
-        return torch.ones((), dtype=torch.bool, device=x.device)
+    every = torch.ones((), dtype=torch.bool, device=x.device)
+    if x.dim() and x.shape[1 if x.dim() > 1 else 0] == 0:
+        return every
+    if (device == "cuda" and name == "out" and x.dim() == 1
+            and case.desc["reduction"] == "mean" and "probs" not in case.desc):
+        # Native CUDA's own (C) input 'mean' kernel (native CPU and (N, C) inputs on CUDA
+        # agree with fastnn): an ignored target gives 0, not 0/0 = NaN; and it returns
+        # -x[t] without weighing, where w[t] * x[t] / w[t] overflows for w[t] > 1.
+        t = int(target) if target.numel() == 1 else None
+        w = args[2] if len(args) > 2 and torch.is_tensor(args[2]) else None
+        if t is None or t == case.desc["ignore_index"]:
+            return every
+        if w is not None and 0 <= t < w.numel() and float(w[t]) > 1 and \
+                float(x.detach().abs().max()) * float(w[t]) >= torch.finfo(x.dtype).max / 2:
+            return every
     if case.op != "cross_entropy" or "probs" in case.desc or name not in ("grad0", "gradgrad0"):
         return None
     ignored = target == case.desc["ignore_index"]
@@ -754,13 +777,13 @@ def compare(case, nat, fast, first, device, log):
             # relative to native's largest, or to |upstream| * |v| where that is all rounding
             scale = max([fin(t).abs().max().item() for t in [n, nat.go] + nat.vs if t.numel()] or [0])
             msg = check_values(name, f, n, n, scale, replace(case, c=GRADGRAD_C), device,
-                               skipped_elements(case, fast.args, name))
+                               skipped_elements(case, fast.args, name, device))
         elif msg is None and ref is not None:
             r = ref.out if k == 0 else ref.grads[k - 1] if ref.grads else None
             c = case.c[k] if isinstance(case.c, list) else case.c
             msg = check_values(name, f, n, torch.zeros_like(n, dtype=F64) if r is None else r,
                                scales[k] if scales[k] is not None else 0.0, replace(case, c=c),
-                               device, skipped_elements(case, fast.args, name))
+                               device, skipped_elements(case, fast.args, name, device))
         log(f"  {msg or name + ': ok'}")
         if msg:
             found.append(msg)

@@ -11,6 +11,7 @@ layout (uncompressed IDX files, which torchvision reads without downloading).
 import gzip
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -123,6 +124,31 @@ def test_read_only_root_is_mirrored(tmp_path, monkeypatch):
         assert prepare_root(root, "MNIST") == used  # idempotent
     finally:
         os.chmod(raw, 0o755)
+
+
+def test_concurrent_loads_of_one_root(tmp_path):
+    """Processes that load the same writable root at once (parallel test workers, several
+    training runs) each get whole files: fastnn extracts each .gz to a temporary file and
+    renames it into place. Needs the real MNIST files (their MD5s are checked)."""
+    src = os.path.join(_data_root(tmp_path), "MNIST", "raw")
+    gz = sorted(f for f in os.listdir(src) if f.endswith(".gz")) if os.path.isdir(src) else []
+    if len(gz) != 4:
+        pytest.skip("needs the four MNIST .gz files ($FASTNN_DATA or ../shared/data)")
+    raw = tmp_path / "root" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in gz:
+        shutil.copyfile(os.path.join(src, f), raw / f)
+    code = ("import sys, torch; from fastnn.data import load_dataset; "
+            "d = load_dataset('mnist', sys.argv[1]); "
+            "print(d.train_x.shape[0], d.test_x.shape[0], int(d.train_y.sum()), float(d.test_x.sum()))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "root")], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert len({out for out, _ in outs}) == 1 and outs[0][0].startswith("60000 10000"), outs
+    assert sorted(os.listdir(raw)) == sorted(gz + [f[:-3] for f in gz])  # no temporary left
 
 
 def test_load_dataset_normalisation(tmp_path):
