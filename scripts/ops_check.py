@@ -80,14 +80,21 @@ def same_bits(a, b):
     return torch.equal(bits(a), bits(b))
 
 
-def close(name, got, ref, dtype, native=None, shape=None, out_dtype=None):
-    """got vs float64 reference; passes if within TOL or within 2x native's error."""
+def dense_strides(t):
+    return [st for st, n in zip(t.stride(), t.shape) if n > 1]
+
+
+def close(name, got, ref, dtype, native=None, shape=None, out_dtype=None, strides_of=None):
+    """got vs float64 reference; passes if within TOL or within 2x native's error. The
+    output must be contiguous, or have the strides of `strides_of` (native's output)."""
     NCHECK[0] += 1
     if shape is not None and tuple(got.shape) != tuple(shape):
         return fail(f"{name}: shape {tuple(got.shape)} != {tuple(shape)}")
     if out_dtype is not None and got.dtype != out_dtype:
         return fail(f"{name}: dtype {got.dtype} != {out_dtype}")
-    if not got.is_contiguous():
+    if strides_of is not None and dense_strides(got) != dense_strides(strides_of):
+        return fail(f"{name}: strides {got.stride()}, native's {strides_of.stride()}")
+    if strides_of is None and not got.is_contiguous():
         return fail(f"{name}: output is not contiguous")
     if got.device.type != "cuda":
         return fail(f"{name}: output on {got.device}")
@@ -205,7 +212,7 @@ def check_relu():
             xv = view(base)
             y = OPS.relu_forward(xv)
             close(f"relu_forward {short(dtype)} {tag}", y, torch.relu(xv.double()), dtype,
-                  shape=xv.shape)
+                  shape=xv.shape, strides_of=torch.relu(xv))
             b2 = base.clone()
             v2 = view(b2)
             OPS.relu_forward_(v2)
@@ -216,9 +223,11 @@ def check_relu():
                 fail(f"relu_forward_ {short(dtype)} {tag}: wrong in-place result on a view")
             dy = rand(xv.shape, dtype)
             yv = torch.relu(xv)
-            dx = OPS.relu_backward(dy.t().contiguous().t() if dy.dim() == 2 else dy, yv)
+            dyv = dy.t().contiguous().t() if dy.dim() == 2 else dy
+            dx = OPS.relu_backward(dyv, yv)
             close(f"relu_backward {short(dtype)} {tag}", dx,
-                  torch.ops.aten.threshold_backward(dy.double(), yv.double(), 0), dtype)
+                  torch.ops.aten.threshold_backward(dy.double(), yv.double(), 0), dtype,
+                  strides_of=torch.ops.aten.threshold_backward(dyv, yv, 0))
 
 
 LSM_CASES = [((64, 10), 1), ((64, 10), -1), ((64, 10), 0), ((3,), 0), ((), 0), ((), -1),

@@ -1,4 +1,6 @@
-"""The Hopper wgmma GEMM (csrc/cuda/gemm_sm90.cuh), opt-in through FASTNN_WGMMA.
+"""The Hopper wgmma GEMM (csrc/cuda/gemm_sm90.cuh): the default for large float16 /
+bfloat16 / TF32 products on compute-capability 9.0 GPUs (FASTNN_WGMMA: unset or 1 large
+products, all every product it can take, 0 none).
 
 float16, bfloat16, and float32 with TF32 allowed (torch.backends.cuda.matmul.allow_tf32).
 
@@ -83,8 +85,10 @@ print(json.dumps(results))
 """
 
 
-def run_child(device: str, shapes) -> list:
-    env = dict(os.environ, FASTNN_WGMMA="all")
+def run_child(device: str, shapes, mode="all") -> list:
+    env = dict(os.environ, FASTNN_WGMMA=mode)
+    if mode is None:
+        env.pop("FASTNN_WGMMA", None)
     proc = subprocess.run([sys.executable, "-c", CHILD, device, json.dumps(shapes)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -112,3 +116,17 @@ def test_wgmma_gemm_matches_reference():
     if not profiled:
         pytest.skip("values checked, but torch.profiler recorded no CUDA kernels (no CUPTI), "
                     "so the use of the wgmma kernel could not be confirmed")
+
+
+@pytest.mark.parametrize("mode", [None, "1", "0"])
+def test_wgmma_default_takes_large_products(mode):
+    # By default (unset or 1) the wgmma kernel takes the products whose output fills a wave
+    # of 128 x 256 tiles (here every product of (4096, 2048, 4096), none of (1000, 1000,
+    # 1000)); FASTNN_WGMMA=0 turns it off. Values are checked as above either way.
+    results = run_child("cuda", [(4096, 2048, 4096), (1000, 1000, 1000)], mode)
+    if not any(r["kernels_seen"] for r in results):
+        pytest.skip("torch.profiler recorded no CUDA kernels (no CUPTI)")
+    for r in results:
+        assert max(r["y"], r["dx"], r["dw"]) <= TOL[r["dtype"]] and r["same"], r
+        large = r["shape"][0] == 4096
+        assert r["wgmma_launches"] == (3 if large and mode != "0" else 0), r
