@@ -52,8 +52,8 @@ step() {  # step NAME LOGFILE CMD...: run CMD, log to OUT/LOGFILE, record pass/f
 step build build.log $PY -m pip install --no-build-isolation --no-deps -v -e . || exit 1
 step tests pytest.log $PY -m pytest -q -rs tests
 step gemm_check gemm_check.log $PY scripts/gemm_check.py
-# The opt-in Hopper wgmma GEMM (FASTNN_WGMMA): correctness on every shape it can take,
-# then (full mode) the timings with it on the large problems.
+# The Hopper wgmma GEMM (on by default for large products): correctness on every shape it
+# can take (FASTNN_WGMMA=all), then (full mode) the timings on the large problems.
 step wgmma_check wgmma_check.log env FASTNN_WGMMA=all $PY scripts/gemm_check.py --no-bench
 step ops_check ops_check.log $PY scripts/ops_check.py
 step fuzz fuzz.log $PY scripts/fuzz_ops.py --device cuda --seconds "${FUZZ_SECONDS:-120}" --out "$OUT/fuzz.jsonl"

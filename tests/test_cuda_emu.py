@@ -10,7 +10,7 @@ scalar tails, multi-block reductions and their finalize kernel, label smoothing,
 types, the SIMT and tensor-core GEMMs, split-K, grad_bias) is checked here on every run.
 It does not replace a GPU: it cannot see timing, memory ordering beyond the barriers, or
 the device's own exp/log and tensor-core rounding (see tests/cuda_emu/include/cuda_runtime.h);
-tests/test_cuda.py and the device-parametrised tests do that on a GPU. The opt-in Hopper
+tests/test_cuda.py and the device-parametrised tests do that on a GPU. The Hopper
 wgmma GEMM runs against the emulator's model of wgmma (the last tests).
 """
 import os
@@ -312,7 +312,7 @@ def test_linear_tf32(E, shape):
 
 
 # ----------------------------------------------------------------------------------------
-# The Hopper wgmma GEMM (gemm_sm90.cuh, opt-in with FASTNN_WGMMA): its cp.async ring in
+# The Hopper wgmma GEMM (gemm_sm90.cuh; FASTNN_WGMMA=all sends it every product): its cp.async ring in
 # the 128-byte-swizzled layout, the matrix descriptors, the wgmma group pipeline and the
 # epilogue, against the emulator's model of wgmma (cuda_runtime.h: operands read through
 # the descriptors when issued and again at the wait, which must agree). FASTNN_WGMMA is
@@ -379,6 +379,42 @@ def test_wgmma_gemm(E):
         q = 4 if dt == "torch.float32" else 8
         outputs = (M * N, M * K, N * K)[i]
         assert n == int(inner % q == 0 and outputs > 0), (dt, M, K, N, ("fwd", "dx", "dW")[i], n)
+
+
+_WGMMA_DEFAULT_CHILD = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import build
+E = build.load()
+launches = lambda: torch.ops.fastnn_emu_rt.launches("wgmma_gemm_nt_kernel")
+# 12 x 11 = 132 output tiles of 128 x 256 (one wave on the emulated 132-SM H100), and 120
+for M, N in ((1536, 2816), (1536, 2560)):
+    g = torch.Generator().manual_seed(N)
+    x, w = torch.randn(M, 8, generator=g).half(), torch.randn(N, 8, generator=g).half()
+    before = launches()
+    y = E.linear_forward(x, w, None)
+    ref = x.double() @ w.double().t()
+    err = ((y.double() - ref).abs() / (x.double().abs() @ w.double().abs().t() + 1e-30)).max().item()
+    print(M, N, launches() - before, err)
+"""
+
+
+@pytest.mark.parametrize("mode", [None, "0"])
+def test_wgmma_by_default_for_a_wave_of_tiles(E, mode):
+    # By default (FASTNN_WGMMA unset) a half-type product whose output fills a wave of
+    # 128 x 256 tiles takes the wgmma kernel, one a tile short does not; =0: neither.
+    import os
+    import subprocess
+    env = dict(os.environ)
+    env.pop("FASTNN_WGMMA", None)
+    if mode is not None:
+        env["FASTNN_WGMMA"] = mode
+    r = subprocess.run([sys.executable, "-c", _WGMMA_DEFAULT_CHILD, str(Path(__file__).parent / "cuda_emu")],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert [int(n) for _, _, n, _ in rows] == ([1, 0] if mode is None else [0, 0]), r.stdout
+    assert all(float(e) <= 2.0 ** -10 for *_, e in rows), r.stdout  # one float16 rounding
 
 
 def test_wgmma_mode_is_read_in_the_emulated_build(E):
