@@ -13,7 +13,7 @@
 // Kernels: simt_gemm_kernel (float / double, CUDA cores, register-staged double
 // buffer), wmma_gemm_kernel (half / bfloat16 / TF32 tensor cores; ASYNC = a
 // STAGES-deep cp.async ring, else register-staged), splitk_reduce_kernel,
-// colsum_kernel (grad_bias).
+// colsum_kernel (grad_bias), transpose_kernel (the wgmma GEMM's K-contiguous copies).
 //
 // Split-K: blockIdx.z selects a contiguous range of `kt_per_split` K tiles. With
 // more than one split the kernel writes raw partial sums (no bias) to
@@ -647,6 +647,39 @@ __global__ void colsum_kernel(const Tin* __restrict__ in, Tout* __restrict__ out
 #pragma unroll
     for (int g = 1; g < 8; ++g) t += part[g][tx];
     out[chunk * cols + col] = from_acc<Tout>(t);
+  }
+}
+
+// out[c][r] = in[r][c] for a row-major [rows][cols] matrix: the K-contiguous copies the
+// wgmma GEMM takes for the backward (W^T, dy^T, x^T). 32 x 32 tiles through shared memory
+// (one padding column: the column reads hit 32 different banks for 4-byte types), 256
+// threads, 4 elements each way; both the reads and the writes are row-contiguous across a
+// warp. Tiles are strided by the grid (any size).
+constexpr int kTransposeTile = 32;
+constexpr int kTransposeThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kTransposeThreads)
+    transpose_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t rows, int64_t cols) {
+  constexpr int TS = kTransposeTile, STEP = kTransposeThreads / kTransposeTile;
+  __shared__ T tile[TS][TS + 1];
+  const int tx = threadIdx.x % TS, ty = threadIdx.x / TS;
+  const int64_t tiles_c = (cols + TS - 1) / TS;
+  const int64_t tiles = tiles_c * ((rows + TS - 1) / TS);
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int64_t r0 = (t / tiles_c) * TS, c0 = (t % tiles_c) * TS;
+#pragma unroll
+    for (int j = ty; j < TS; j += STEP) {
+      const int64_t r = r0 + j, c = c0 + tx;
+      if (r < rows && c < cols) tile[j][tx] = in[r * cols + c];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = ty; j < TS; j += STEP) {
+      const int64_t c = c0 + j, r = r0 + tx;
+      if (r < rows && c < cols) out[c * rows + r] = tile[tx][j];
+    }
+    __syncthreads();  // the tile is rewritten by the next iteration
   }
 }
 

@@ -51,7 +51,8 @@
 //     sends it every product it can take): wgmma_gemm_nt_kernel (gemm_sm90.cuh), block 128x256, two
 //     warpgroups of wgmma m64n128, 4-stage cp.async ring in the 128-byte-swizzled
 //     layout wgmma reads. It takes "NT" only, so for it dx's W and dW's dy and x are
-//     first copied K-contiguous (W^T, dy^T, x^T). Built when the arch list names
+//     first copied K-contiguous (W^T, dy^T, x^T; transpose_kernel, 32 x 32 tiles
+//     through shared memory). Built when the arch list names
 //     9.0a; used on compute-capability 9.0 GPUs when K is whole 16-byte chunks and
 //     the in-place operands are 16-byte aligned, and (by default) the output fills
 //     one wave of tiles.
@@ -400,6 +401,24 @@ void dispatch_cuda_type(at::ScalarType dt, F&& f) {
   }
 }
 
+// A new [cols][rows] tensor holding m^T, for a contiguous 2-D m (transpose_kernel:
+// a tiled copy that reads and writes whole rows, where ATen's strided copy reads or
+// writes one element per row).
+at::Tensor transposed(const at::Tensor& m, int sms, cudaStream_t stream) {
+  const int64_t rows = m.size(0), cols = m.size(1);
+  at::Tensor out = at::empty({cols, rows}, m.options());
+  const int64_t tiles = ceil_div(rows, gemm::kTransposeTile) * ceil_div(cols, gemm::kTransposeTile);
+  if (tiles == 0) return out;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(tiles, int64_t{sms} * 16));
+  dispatch_cuda_type(m.scalar_type(), [&](auto t, auto) {
+    using T = decltype(t);
+    gemm::transpose_kernel<T><<<grid, gemm::kTransposeThreads, 0, stream>>>(
+        static_cast<const T*>(m.data_ptr()), static_cast<T*>(out.data_ptr()), rows, cols);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
 }  // namespace
 
 at::Tensor linear_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
@@ -466,7 +485,7 @@ linear_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                     M, K, N, &x, sms, stream};
       at::Tensor wt;  // W^T [K][N], K-contiguous for the wgmma kernel ("NT")
       if (wgmma_takes(x.scalar_type(), p)) {
-        wt = w.t().contiguous();
+        wt = transposed(w, sms, stream);
         p.layout = Layout::NT;
         p.B = wt.data_ptr();
       }
@@ -482,8 +501,8 @@ linear_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                     N, K, M, &x, sms, stream};
       at::Tensor dyt, xt;  // dy^T [N][M], x^T [K][M], M-contiguous for the wgmma kernel
       if (wgmma_takes(x.scalar_type(), p)) {
-        dyt = dy.reshape({M, N}).t().contiguous();
-        xt = x.reshape({M, K}).t().contiguous();
+        dyt = transposed(dy.reshape({M, N}), sms, stream);
+        xt = transposed(x.reshape({M, K}), sms, stream);
         p.layout = Layout::NT;
         p.A = dyt.data_ptr();
         p.B = xt.data_ptr();
