@@ -20,8 +20,8 @@ files, and torchvision extracts there instead.
 
 fastnn extracts the ``.gz`` files itself before torchvision looks (after checking
 torchvision's MD5), each to a temporary file renamed into place, so processes that load
-the same root at once (parallel test workers, several training runs) never read a
-half-written file.
+the same root at once (parallel test workers, several training runs) do not read a
+half-written file. (A first download, which torchvision does, is not protected so.)
 """
 import gzip
 import os
@@ -137,8 +137,14 @@ def prepare_root(root: str, name: str) -> str:
                     continue
                 if not os.path.islink(dst):
                     continue  # a real file already there (an extracted or downloaded copy)
-                os.remove(dst)  # a stale link, e.g. to an older root
-            os.symlink(src, dst)
+                try:
+                    os.remove(dst)  # a stale link, e.g. to an older root
+                except FileNotFoundError:
+                    pass  # another process removed it first
+            try:
+                os.symlink(src, dst)
+            except FileExistsError:
+                pass  # another process linked it first
     _extract(mirror_raw, mirror_raw, name)
     return mirror_root
 
@@ -146,8 +152,9 @@ def prepare_root(root: str, name: str) -> str:
 def _extract(src_dir: str, dst_dir: str, name: str) -> None:
     """Decompress each of dataset ``name``'s ``.gz`` files in ``src_dir`` whose checksum
     matches torchvision's into ``dst_dir``, atomically (a temporary file in ``dst_dir``,
-    then a rename). Files already there, missing or corrupt are left for torchvision,
-    which downloads or reports them."""
+    then a rename). Best effort: files already there, missing or corrupt, and files that
+    cannot be written (a full disk, say) are left for torchvision, which downloads,
+    extracts or reports them."""
     import torchvision
     from torchvision.datasets.utils import check_integrity
 
@@ -161,10 +168,11 @@ def _extract(src_dir: str, dst_dir: str, name: str) -> None:
             with open(tmp, "xb") as out, gzip.open(gz, "rb") as src:
                 shutil.copyfileobj(src, out)
             os.replace(tmp, dst)
-        except BaseException:
+        except BaseException as e:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            raise
+            if not isinstance(e, OSError):  # an OSError leaves the file to torchvision
+                raise
 
 
 def _missing_message(dataset: str, root: str, name: str, err: Exception) -> str:

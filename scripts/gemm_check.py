@@ -246,7 +246,8 @@ def main():
     else:
         import fastnn  # noqa: F401  (registers torch.ops.fastnn.*)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, "
-          f"FASTNN_WGMMA={os.environ.get('FASTNN_WGMMA', '0')}", flush=True)
+          f"FASTNN_WGMMA={os.environ.get('FASTNN_WGMMA') or 'unset (wgmma for large products)'}",
+          flush=True)
 
     shapes = [  # (M, K, N): x (M, K), W (N, K)
         (1, 1, 1), (64, 784, 256), (64, 256, 10), (64, 64, 10), (63, 65, 67), (1000, 1, 513),

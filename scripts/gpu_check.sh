@@ -9,7 +9,7 @@
 # STEPS="tests memcheck ..." runs only the named steps (after the build, which is
 # incremental when the build folder is kept), so the checks can be split over several
 # shorter runs: build tests gemm_check wgmma_check ops_check fuzz memcheck racecheck
-# wgmma_memcheck, and in full mode bench wgmma_bench train train_graph. fuzz runs
+# wgmma_memcheck wgmma_racecheck, and in full mode bench wmma_bench train train_graph. fuzz runs
 # scripts/fuzz_ops.py on the GPU for FUZZ_SECONDS (default 120).
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR [quick]}
@@ -25,7 +25,7 @@ if [ -x "${FASTNN_CXX:-/usr/bin/g++}" ]; then
   export CC=${FASTNN_CC:-/usr/bin/gcc} CXX=${FASTNN_CXX:-/usr/bin/g++}
 fi
 declare -A status
-ALL_STEPS="build tests gemm_check wgmma_check ops_check fuzz memcheck racecheck wgmma_memcheck bench wgmma_bench train train_graph"
+ALL_STEPS="build tests gemm_check wgmma_check ops_check fuzz memcheck racecheck wgmma_memcheck wgmma_racecheck bench wmma_bench train train_graph"
 if [ -n "${STEPS:-}" ]; then
   STEPS=$(echo "$STEPS" | tr ',\t\n' '   ')
   for s in $STEPS; do
@@ -50,10 +50,13 @@ step() {  # step NAME LOGFILE CMD...: run CMD, log to OUT/LOGFILE, record pass/f
 
 { nvidia-smi; $PY -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } > "$OUT/machine.txt" 2>&1
 step build build.log $PY -m pip install --no-build-isolation --no-deps -v -e . || exit 1
-step tests pytest.log $PY -m pytest -q -rs tests
+# The suite in parallel workers when pytest-xdist is there (about 1.5 minutes on the H100
+# machine with 8), without tests/test_cuda_emu.py: the emulator runs CUDA code on the CPU.
+XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
+step tests pytest.log env OMP_NUM_THREADS=2 $PY -m pytest -q -rs $XDIST --ignore=tests/test_cuda_emu.py tests
 step gemm_check gemm_check.log $PY scripts/gemm_check.py
-# The Hopper wgmma GEMM (on by default for large products): correctness on every shape it
-# can take (FASTNN_WGMMA=all), then (full mode) the timings on the large problems.
+# The Hopper wgmma GEMM (on by default for large products; gemm_check times it): correctness
+# on every shape it can take (FASTNN_WGMMA=all).
 step wgmma_check wgmma_check.log env FASTNN_WGMMA=all $PY scripts/gemm_check.py --no-bench
 step ops_check ops_check.log $PY scripts/ops_check.py
 step fuzz fuzz.log $PY scripts/fuzz_ops.py --device cuda --seconds "${FUZZ_SECONDS:-120}" --out "$OUT/fuzz.jsonl"
@@ -61,13 +64,15 @@ export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 step memcheck memcheck.log compute-sanitizer --tool memcheck --error-exitcode 1 $PY scripts/sanitize_ops.py
 step racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 1 $PY scripts/sanitize_ops.py
 step wgmma_memcheck wgmma_memcheck.log env FASTNN_WGMMA=all compute-sanitizer --tool memcheck --error-exitcode 1 $PY scripts/sanitize_ops.py
+step wgmma_racecheck wgmma_racecheck.log env FASTNN_WGMMA=all compute-sanitizer --tool racecheck --error-exitcode 1 $PY scripts/sanitize_ops.py
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
-if [ "$MODE" != full ] && { selected bench || selected wgmma_bench || selected train || selected train_graph; } && [ -n "${STEPS:-}" ]; then
-  echo "== note: bench, wgmma_bench, train and train_graph run in full mode only"
+if [ "$MODE" != full ] && { selected bench || selected wmma_bench || selected train || selected train_graph; } && [ -n "${STEPS:-}" ]; then
+  echo "== note: bench, wmma_bench, train and train_graph run in full mode only"
 fi
 if [ "$MODE" = full ]; then
   step bench bench.log $PY -m benchmarks.run --device cuda --out "$OUT/results"
-  step wgmma_bench wgmma_bench.log env FASTNN_WGMMA=1 $PY scripts/gemm_check.py --no-big
+  # the WMMA GEMM (what GPUs other than compute capability 9.0 run) timed against cuBLAS
+  step wmma_bench wmma_bench.log env FASTNN_WGMMA=0 $PY scripts/gemm_check.py --no-big
   # MNIST, 5 epochs, native vs fastnn, eager and whole-step CUDA graph (needs the data:
   # FASTNN_DATA pointing at torchvision's layout, MNIST/raw/*.gz).
   if [ -d "${FASTNN_DATA:-/nonexistent}/MNIST/raw" ]; then

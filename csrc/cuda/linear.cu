@@ -240,7 +240,7 @@ bool async_ok(const GemmProblem& p, int64_t elem_bytes) {
 }
 
 // The Hopper wgmma GEMM (gemm_sm90.cuh): float16 / bfloat16, and float32 as TF32 when
-// allowed. By default (FASTNN_WGMMA unset or 1) it takes problems of at least one full
+// allowed. By default (FASTNN_WGMMA unset, empty or 1) it takes problems of at least one full
 // wave of 128 x 256 tiles, where it beats the WMMA kernel (H100, 4096^3: 0.6x cuBLAS
 // forward against 0.35x); FASTNN_WGMMA=all sends it every problem it can take (to test
 // its edge handling on small shapes), FASTNN_WGMMA=0 none. Needs a build whose arch
