@@ -48,14 +48,13 @@
 //   reproducible run to run. The split count depends only on the shape and the
 //   GPU's SM count.
 //   * float16 / bfloat16 (and TF32) on Hopper (FASTNN_WGMMA=0 turns it off, =all
-//     sends it every product it can take): wgmma_gemm_nt_kernel (gemm_sm90.cuh), block 128x256, two
-//     warpgroups of wgmma m64n128, 4-stage cp.async ring in the 128-byte-swizzled
-//     layout wgmma reads. It takes "NT" only, so for it dx's W and dW's dy and x are
-//     first copied K-contiguous (W^T, dy^T, x^T; transpose_kernel, 32 x 32 tiles
-//     through shared memory). Built when the arch list names
-//     9.0a; used on compute-capability 9.0 GPUs when K is whole 16-byte chunks and
-//     the in-place operands are 16-byte aligned, and (by default) the output fills
-//     one wave of tiles.
+//     sends it every product it can take): wgmma_gemm_nt_kernel (gemm_sm90.cuh),
+//     block 128x256, two warpgroups of wgmma m64n128, 4-stage cp.async ring in the
+//     128-byte-swizzled layout wgmma reads. It takes "NT" only, so for it dx's W and
+//     dW's dy and x are first copied K-contiguous (W^T, dy^T, x^T; transpose_kernel,
+//     32 x 32 tiles through shared memory). Built when the arch list names 9.0a; used
+//     on compute-capability 9.0 GPUs when K is whole 16-byte chunks, the in-place
+//     operands are 16-byte aligned and (by default) the output fills one wave of tiles.
 //   * db: colsum_kernel, fixed 1024-row chunks (32 columns x 8 row groups per
 //     block, fixed-order combine), a second launch sums the chunk partials.
 // All launches use the current stream, no host synchronisation, no cudaMalloc
@@ -240,11 +239,11 @@ bool async_ok(const GemmProblem& p, int64_t elem_bytes) {
 }
 
 // The Hopper wgmma GEMM (gemm_sm90.cuh): float16 / bfloat16, and float32 as TF32 when
-// allowed. By default (FASTNN_WGMMA unset, empty or 1) it takes problems of at least one full
-// wave of 128 x 256 tiles, where it beats the WMMA kernel (H100, 4096^3: 0.6x cuBLAS
-// forward against 0.35x); FASTNN_WGMMA=all sends it every problem it can take (to test
-// its edge handling on small shapes), FASTNN_WGMMA=0 none. Needs a build whose arch
-// list names 9.0a (FASTNN_SM90A) and a compute-capability 9.0 device.
+// allowed. By default (FASTNN_WGMMA unset, empty or 1) it takes problems of at least
+// one full wave of 128 x 256 tiles, where it beats the WMMA kernel (H100, 4096^3: 0.6x
+// cuBLAS forward against 0.35x); FASTNN_WGMMA=all sends it every problem it can take
+// (to test its edge handling on small shapes), FASTNN_WGMMA=0 none. Needs a build whose
+// arch list names 9.0a (FASTNN_SM90A) and a compute-capability 9.0 device.
 #if defined(FASTNN_SM90A)
 enum class WgmmaMode { kOff, kLarge, kAll };
 
