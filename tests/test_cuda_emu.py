@@ -312,11 +312,13 @@ def test_linear_tf32(E, shape):
 
 
 # ----------------------------------------------------------------------------------------
-# The Hopper wgmma GEMM (gemm_sm90.cuh; FASTNN_WGMMA=all sends it every product): its cp.async ring in
-# the 128-byte-swizzled layout, the matrix descriptors, the wgmma group pipeline and the
-# epilogue, against the emulator's model of wgmma (cuda_runtime.h: operands read through
-# the descriptors when issued and again at the wait, which must agree). FASTNN_WGMMA is
-# read once per process, so the products run in a child process.
+# The Hopper wgmma GEMMs (gemm_sm90.cuh; FASTNN_WGMMA=all / tma-all sends every product
+# to the cp.async / TMA kernel): the 128-byte-swizzled stages, the matrix descriptors
+# (K-major, and MN-major for the TMA kernel's in-place backward), the wgmma group
+# pipeline, the TMA kernel's mbarriers and the epilogue, against the emulator's models
+# (cuda_runtime.h: wgmma operands read through the descriptors when issued and again at
+# the wait, which must agree; TMA boxes that land only when their barrier is waited on).
+# FASTNN_WGMMA is read once per process, so the products run in a child process.
 
 _WGMMA_CHILD = r"""
 import sys, torch
@@ -324,10 +326,12 @@ sys.path.insert(0, sys.argv[1])
 import build
 E, F = build.load(), torch.ops.fastnn
 torch.backends.cuda.matmul.allow_tf32 = True  # float32 takes wgmma as TF32
-launches = lambda: torch.ops.fastnn_emu_rt.launches("wgmma_gemm_nt_kernel")
+launches = lambda: [torch.ops.fastnn_emu_rt.launches(name) for name in
+                    ("wgmma_gemm_", "wgmma_gemm_tma_kernel", "transpose_kernel")]
 worst, took = {}, []
 for dt in (torch.float16, torch.bfloat16, torch.float32):
-    for M, K, N in [(130, 264, 200), (128, 64, 256), (1, 8, 1), (300, 72, 260), (64, 0, 16)]:
+    for M, K, N in [(130, 264, 200), (128, 64, 256), (1, 8, 1), (300, 72, 260), (64, 0, 16),
+                    (520, 328, 136)]:
         g = torch.Generator().manual_seed(M * K + N)
         x = torch.randn(M, K, generator=g).to(dt)
         w = (torch.randn(N, K, generator=g) / max(K, 1) ** 0.5).to(dt)
@@ -340,7 +344,8 @@ for dt in (torch.float16, torch.bfloat16, torch.float32):
                         lambda: E.linear_backward(dy, x, w, [False, True, False])[1]):
             before = launches()
             got.append(product())
-            took.append((str(dt), M, K, N, len(got) - 1, launches() - before))
+            took.append((str(dt), M, K, N, len(got) - 1,
+                         [a - b for a, b in zip(launches(), before)]))
         got.append(E.linear_backward(dy, x, w, [False, False, True])[2])
         exact = [X @ W.t() + B, DY @ W, DY.t() @ X, DY.sum(0)]
         # per element: output rounding plus TF32's input rounding, relative to sum |terms|
@@ -365,20 +370,57 @@ def _run_wgmma_child(mode):
                           env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_wgmma_gemm(E):
-    r = _run_wgmma_child("all")
-    assert r.returncode == 0, r.stderr[-3000:]
-    # every element within 2 rounding units of its own scale (sum of |terms|)
-    assert float(r.stdout.splitlines()[0]) <= 2.0, r.stdout
-    # and each product took the wgmma kernel exactly when it can: its contraction length
-    # (K forward, N for dx, M for dW) a multiple of 16 bytes of the type (K = 0 included:
-    # the kernel then writes the bias), and its output not empty
+def _wgmma_products(r):
+    """(dtype, M, K, N, product name, chunk, outputs, [wgmma, TMA-kernel, transpose launches])
+    per product of a child run, after checking its values: every element within 2
+    rounding units of its own scale (sum of |terms|)."""
     import ast
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout.splitlines()[0]) <= 2.0, r.stdout
     for dt, M, K, N, i, n in ast.literal_eval(r.stdout.splitlines()[2]):
-        inner = (K, N, M)[i]
-        q = 4 if dt == "torch.float32" else 8
-        outputs = (M * N, M * K, N * K)[i]
-        assert n == int(inner % q == 0 and outputs > 0), (dt, M, K, N, ("fwd", "dx", "dW")[i], n)
+        q = 4 if dt == "torch.float32" else 8  # elements per 16-byte chunk
+        yield dt, M, K, N, ("fwd", "dx", "dW")[i], q, (M * N, M * K, N * K)[i], n
+
+
+def test_wgmma_gemm(E):
+    # FASTNN_WGMMA=all: each product takes the cp.async wgmma kernel exactly when it can:
+    # its contraction length (K forward, N for dx, M for dW) whole 16-byte chunks (K = 0
+    # included: the kernel then writes the bias) and its output not empty; dx and dW
+    # through transposed copies (one for dx, two for dW).
+    for dt, M, K, N, name, q, outputs, (n, n_tma, n_copy) in _wgmma_products(_run_wgmma_child("all")):
+        inner = {"fwd": K, "dx": N, "dW": M}[name]
+        took = int(inner % q == 0 and outputs > 0)
+        copies = {"fwd": 0, "dx": 1, "dW": 2}[name] * took
+        assert (n, n_tma, n_copy) == (took, 0, copies), (dt, M, K, N, name, n, n_tma, n_copy)
+
+
+def test_wgmma_tma_gemm(E):
+    # FASTNN_WGMMA=tma-all: the TMA kernel takes every product with a non-empty output
+    # and reduction whose operands' contiguous lengths are whole 16-byte chunks. For the
+    # 16-bit types dx (A = dy K-major, B = W MN-major) and dW (both MN-major) read their
+    # operands in place: dx needs N and K whole chunks, dW N and K (M, its reduction, is
+    # free: the TMA fills its tail with zeros). Otherwise (TF32, or those lengths not
+    # whole chunks) the products go through transposed copies as before, which need
+    # their reduction length in whole chunks; K = 0 takes the cp.async kernel.
+    seen_in_place = set()
+    for dt, M, K, N, name, q, outputs, (n, n_tma, n_copy) in _wgmma_products(_run_wgmma_child("tma-all")):
+        half = q == 8
+        inner = {"fwd": K, "dx": N, "dW": M}[name]
+        if name == "fwd":
+            in_place = outputs > 0 and K % q == 0
+        elif name == "dx":
+            in_place = half and outputs > 0 and N > 0 and N % q == 0 and K % q == 0
+        else:
+            in_place = half and outputs > 0 and M > 0 and N % q == 0 and K % q == 0
+        via_copies = not in_place and outputs > 0 and inner % q == 0 and name != "fwd"
+        took = in_place or via_copies or (name == "fwd" and outputs > 0 and K % q == 0)
+        tma = took and inner > 0
+        copies = {"fwd": 0, "dx": 1, "dW": 2}[name] * via_copies
+        assert (n, n_tma, n_copy) == (int(took), int(tma), copies), (dt, M, K, N, name, n, n_tma, n_copy)
+        if in_place and name != "fwd":
+            seen_in_place.add((name, M % q != 0))
+    # dx and dW read in place, dW also with a batch that is not whole chunks (M = 130)
+    assert {("dx", False), ("dW", False), ("dW", True)} <= seen_in_place, seen_in_place
 
 
 _WGMMA_DEFAULT_CHILD = r"""
@@ -386,7 +428,7 @@ import sys, torch
 sys.path.insert(0, sys.argv[1])
 import build
 E = build.load()
-launches = lambda: torch.ops.fastnn_emu_rt.launches("wgmma_gemm_nt_kernel")
+launches = lambda: torch.ops.fastnn_emu_rt.launches(sys.argv[2])
 # 12 x 11 = 132 output tiles of 128 x 256 (one wave on the emulated 132-SM H100), and 120
 for M, N in ((1536, 2816), (1536, 2560)):
     g = torch.Generator().manual_seed(N)
@@ -399,25 +441,27 @@ for M, N in ((1536, 2816), (1536, 2560)):
 """
 
 
-@pytest.mark.parametrize("mode", [None, "0"])
+@pytest.mark.parametrize("mode", [None, "0", "tma"])
 def test_wgmma_by_default_for_a_wave_of_tiles(E, mode):
     # By default (FASTNN_WGMMA unset) a half-type product whose output fills a wave of
-    # 128 x 256 tiles takes the wgmma kernel, one a tile short does not; =0: neither.
+    # 128 x 256 tiles takes the (cp.async) wgmma kernel, one a tile short does not; =0:
+    # neither; =tma: the TMA kernel, for the same products.
     import os
     import subprocess
     env = dict(os.environ)
     env.pop("FASTNN_WGMMA", None)
     if mode is not None:
         env["FASTNN_WGMMA"] = mode
-    r = subprocess.run([sys.executable, "-c", _WGMMA_DEFAULT_CHILD, str(Path(__file__).parent / "cuda_emu")],
-                       env=env, capture_output=True, text=True, timeout=900)
+    kernel = "wgmma_gemm_tma_kernel" if mode == "tma" else "wgmma_gemm_nt_kernel"
+    r = subprocess.run([sys.executable, "-c", _WGMMA_DEFAULT_CHILD, str(Path(__file__).parent / "cuda_emu"),
+                        kernel], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [line.split() for line in r.stdout.splitlines()]
-    assert [int(n) for _, _, n, _ in rows] == ([1, 0] if mode is None else [0, 0]), r.stdout
+    assert [int(n) for _, _, n, _ in rows] == ([0, 0] if mode == "0" else [1, 0]), r.stdout
     assert all(float(e) <= 2.0 ** -10 for *_, e in rows), r.stdout  # one float16 rounding
 
 
 def test_wgmma_mode_is_read_in_the_emulated_build(E):
     # the selection logic is live in this build: a bad FASTNN_WGMMA is refused by name
     r = _run_wgmma_child("bogus")
-    assert r.returncode != 0 and "FASTNN_WGMMA must be 0, 1 or all" in r.stderr, r.stderr[-2000:]
+    assert r.returncode != 0 and "FASTNN_WGMMA must be 0, 1, all, tma or tma-all" in r.stderr, r.stderr[-2000:]

@@ -55,6 +55,11 @@
 //     32 x 32 tiles through shared memory). Built when the arch list names 9.0a; used
 //     on compute-capability 9.0 GPUs when K is whole 16-byte chunks, the in-place
 //     operands are 16-byte aligned and (by default) the output fills one wave of tiles.
+//     FASTNN_WGMMA=tma (tma-all) puts the same products on wgmma_gemm_tma_kernel
+//     instead: the same tiles fed by the tensor-memory accelerator, a producer warp and
+//     two consumer warpgroups meeting on mbarriers; for float16 / bfloat16 it reads
+//     "NN" and "TN" operands in place (MN-major), so dx and dW need no copies. Its
+//     operands are described by tensor maps (cuTensorMapEncodeTiled, per call).
 //   * db: colsum_kernel, fixed 1024-row chunks (32 columns x 8 row groups per
 //     block, fixed-order combine), a second launch sums the chunk partials.
 // All launches use the current stream, no host synchronisation, no cudaMalloc
@@ -76,6 +81,7 @@
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "fastnn/checks.h"
@@ -238,23 +244,36 @@ bool async_ok(const GemmProblem& p, int64_t elem_bytes) {
   return gemm::aligned16(p.A) && gemm::aligned16(p.B) && (a_kmaj ? p.K : p.M) % vec == 0 && (b_kmaj ? p.K : p.N) % vec == 0;
 }
 
-// The Hopper wgmma GEMM (gemm_sm90.cuh): float16 / bfloat16, and float32 as TF32 when
-// allowed. By default (FASTNN_WGMMA unset, empty or 1) it takes problems of at least
-// one full wave of 128 x 256 tiles, where it beats the WMMA kernel (H100, 4096^3: 0.6x
-// cuBLAS forward against 0.35x); FASTNN_WGMMA=all sends it every problem it can take
-// (to test its edge handling on small shapes), FASTNN_WGMMA=0 none. Needs a build whose
-// arch list names 9.0a (FASTNN_SM90A) and a compute-capability 9.0 device.
+// The Hopper wgmma GEMMs (gemm_sm90.cuh): float16 / bfloat16, and float32 as TF32 when
+// allowed. FASTNN_WGMMA picks the kernel and the problems it takes:
+//   unset, empty or 1  wgmma_gemm_nt_kernel (cp.async) for problems of at least one full
+//                      wave of 128 x 256 tiles, where it beats the WMMA kernel (H100,
+//                      4096^3: 0.6x cuBLAS forward against 0.35x); "NN" / "TN" products
+//                      through K-contiguous copies of their operands
+//   all                the same kernel for every problem it can take (to test its edges)
+//   tma / tma-all      wgmma_gemm_tma_kernel (TMA, warp-specialised) for the same two
+//                      sets; float16 / bfloat16 "NN" and "TN" read in place (MN-major)
+//   0                  neither
+// Needs a build whose arch list names 9.0a (FASTNN_SM90A) and a compute-capability 9.0
+// device.
 #if defined(FASTNN_SM90A)
-enum class WgmmaMode { kOff, kLarge, kAll };
+struct WgmmaMode {
+  bool on = true;    // any wgmma kernel
+  bool all = false;  // every problem it can take, not only those filling a wave
+  bool tma = false;  // the TMA kernel
+};
 
 WgmmaMode wgmma_mode() {
   static const WgmmaMode mode = [] {
     const char* v = std::getenv("FASTNN_WGMMA");
-    if (v == nullptr || *v == '\0') return WgmmaMode::kLarge;
-    if (std::strcmp(v, "0") == 0) return WgmmaMode::kOff;
-    if (std::strcmp(v, "all") == 0) return WgmmaMode::kAll;
-    TORCH_CHECK(std::strcmp(v, "1") == 0, "FASTNN_WGMMA must be 0, 1 or all, got '", v, "'.");
-    return WgmmaMode::kLarge;
+    WgmmaMode m;
+    if (v == nullptr || *v == '\0' || std::strcmp(v, "1") == 0) return m;
+    if (std::strcmp(v, "0") == 0) m.on = false;
+    else if (std::strcmp(v, "all") == 0) m.all = true;
+    else if (std::strcmp(v, "tma") == 0) m.tma = true;
+    else if (std::strcmp(v, "tma-all") == 0) m.tma = m.all = true;
+    else TORCH_CHECK(false, "FASTNN_WGMMA must be 0, 1, all, tma or tma-all, got '", v, "'.");
+    return m;
   }();
   return mode;
 }
@@ -265,26 +284,50 @@ bool is_sm90(int device) {
 }
 #endif
 
-// Whether the wgmma kernel (half types, or float32 as TF32 when allowed; "NT" only)
-// takes problem p once the operands that are not K-contiguous (B for "NN", A and B
-// for "TN") are replaced by K-contiguous copies (fresh, so aligned): the operands
-// used in place must be 16-byte aligned, and K whole 16-byte chunks.
-bool wgmma_takes(at::ScalarType dtype, const GemmProblem& p) {
+// How the wgmma kernels take a problem: `take` at all; `copies`: an "NN" / "TN" problem
+// whose operands that are not K-contiguous (B for "NN", A and B for "TN") must first be
+// replaced by K-contiguous copies (fresh, so aligned) and the problem run as "NT";
+// `tma`: the TMA kernel runs it (else the cp.async one).
+struct WgmmaChoice {
+  bool take = false, copies = false, tma = false;
+};
+
+// The TMA kernel: the tensor maps need 16-byte-aligned operands whose contiguous
+// dimension is whole 16-byte chunks and non-empty (K > 0), and its tile coordinates
+// are 32-bit. "NN" / "TN" in place for the 16-bit types only (MN-major operands).
+bool tma_takes(bool tf32, const GemmProblem& p) {
+  const int64_t q = tf32 ? 4 : 8;
+  const int64_t a_contig = p.layout == Layout::TN ? p.M : p.K;
+  const int64_t b_contig = p.layout == Layout::NT ? p.K : p.N;
+  return (p.layout == Layout::NT || !tf32) && p.K > 0 && a_contig % q == 0 && b_contig % q == 0 &&
+         gemm::aligned16(p.A) && gemm::aligned16(p.B) && std::max({p.M, p.N, p.K}) <= INT_MAX - 1024;
+}
+
+WgmmaChoice wgmma_choice(at::ScalarType dtype, const GemmProblem& p) {
+  WgmmaChoice c;
 #if defined(FASTNN_SM90A)
   const bool tf32 = dtype == at::kFloat && at::globalContext().allowTF32CuBLAS();
-  if (dtype != at::kHalf && dtype != at::kBFloat16 && !tf32) return false;
+  if (dtype != at::kHalf && dtype != at::kBFloat16 && !tf32) return c;
   const WgmmaMode mode = wgmma_mode();
-  if (mode == WgmmaMode::kOff) return false;
+  if (!mode.on) return c;
+  if (ceil_div(p.N, gemm::sm90::BN) > 65535 || ceil_div(p.M, gemm::sm90::BM) > INT_MAX) return c;
+  if (!mode.all && tiles_of(p, gemm::sm90::BM, gemm::sm90::BN) < p.sms) return c;
+  if (!is_sm90(p.like->device().index())) return c;
+  if (mode.tma && tma_takes(tf32, p)) {
+    c.take = c.tma = true;
+    return c;
+  }
+  // Through "NT" (in place, or on copies): K whole 16-byte chunks, the operands used in
+  // place 16-byte aligned.
   if (p.K % (tf32 ? 4 : 8) != 0 || (p.layout != Layout::TN && !gemm::aligned16(p.A)) ||
       (p.layout == Layout::NT && !gemm::aligned16(p.B)))
-    return false;
-  if (ceil_div(p.N, gemm::sm90::BN) > 65535 || ceil_div(p.M, gemm::sm90::BM) > INT_MAX) return false;
-  if (mode == WgmmaMode::kLarge && tiles_of(p, gemm::sm90::BM, gemm::sm90::BN) < p.sms) return false;
-  return is_sm90(p.like->device().index());
+    return c;
+  c.take = true;
+  c.copies = p.layout != Layout::NT;  // the kernel is then chosen for the "NT" problem
 #else
   (void)dtype, (void)p;
-  return false;
 #endif
+  return c;
 }
 
 template <typename T>
@@ -300,6 +343,90 @@ void run_wgmma(const GemmProblem& p) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+#if defined(FASTNN_SM90A)
+// cuTensorMapEncodeTiled, a driver function, looked up through the runtime (so the
+// extension needs no link against libcuda).
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFn encode_tiled() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    C10_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
+                                                    cudaEnableDefault, &found));
+    TORCH_CHECK(found == cudaDriverEntryPointSuccess && f != nullptr,
+                "fastnn::linear: the CUDA driver lacks cuTensorMapEncodeTiled, which "
+                "FASTNN_WGMMA=tma needs; unset FASTNN_WGMMA.");
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+template <typename T>
+constexpr CUtensorMapDataType tma_type() {
+  if constexpr (std::is_same_v<T, __half>) return CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  else return CU_TENSOR_MAP_DATA_TYPE_FLOAT32;  // TF32: wgmma ignores the low mantissa bits
+}
+
+// A 2-D tensor map over a row-major [rows][cols] matrix of T (cols contiguous): boxes of
+// box_cols x box_rows elements, 128-byte swizzle, zeros outside the matrix.
+template <typename T>
+CUtensorMap tensor_map(const void* base, int64_t rows, int64_t cols, int box_cols, int box_rows) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * sizeof(T)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(box_cols), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = encode_tiled()(&map, tma_type<T>(), 2, const_cast<void*>(base), dims, strides,
+                                    box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(r == CUDA_SUCCESS, "fastnn::linear: cuTensorMapEncodeTiled failed (error ", int(r),
+              ") for a ", rows, " x ", cols, " operand.");
+  return map;
+}
+
+// The TMA kernel on problem p: A [M][K] (K-major) or [K][M] (A_MN), B [N][K] or [K][N] (B_MN).
+template <typename T, bool A_MN, bool B_MN>
+void run_wgmma_tma(const GemmProblem& p) {
+  namespace sm90 = gemm::sm90;
+  auto kernel = sm90::wgmma_gemm_tma_kernel<T, A_MN, B_MN>;
+  static std::atomic<uint64_t> done{0};
+  allow_smem(kernel, sm90::tma::SMEM_BYTES, p.like->device().index(), done);
+  constexpr int BK = sm90::BK_BYTES / static_cast<int>(sizeof(T));  // one 128-byte row of K
+  const CUtensorMap map_a = A_MN ? tensor_map<T>(p.A, p.K, p.M, 64, 64)
+                                 : tensor_map<T>(p.A, p.M, p.K, BK, sm90::BM);
+  const CUtensorMap map_b = B_MN ? tensor_map<T>(p.B, p.K, p.N, 64, 64)
+                                 : tensor_map<T>(p.B, p.N, p.K, BK, sm90::BN);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.M, sm90::BM)),
+                  static_cast<unsigned>(ceil_div(p.N, sm90::BN)));
+  kernel<<<grid, sm90::tma::THREADS, sm90::tma::SMEM_BYTES, p.stream>>>(
+      map_a, map_b, static_cast<T*>(p.C), static_cast<const T*>(p.bias), p.M, p.N, p.K);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+#endif
+
+// p on a wgmma kernel as `c` says (c.take, not c.copies).
+template <typename T>
+void run_wgmma(const GemmProblem& p, const WgmmaChoice& c) {
+#if defined(FASTNN_SM90A)
+  if (c.tma) {
+    if constexpr (sizeof(T) == 2) {
+      if (p.layout == Layout::NN) return run_wgmma_tma<T, false, true>(p);
+      if (p.layout == Layout::TN) return run_wgmma_tma<T, true, true>(p);
+    }
+    return run_wgmma_tma<T, false, false>(p);
+  }
+#else
+  (void)c;
+#endif
+  run_wgmma<T>(p);
+}
+
 template <typename T>
 void run_tensor_core(const GemmProblem& p) {
   constexpr int BK = sizeof(T) == 2 ? 32 : 16;
@@ -311,10 +438,11 @@ void run_tensor_core(const GemmProblem& p) {
 
 // C[M,N] = A . B (+ bias) for the tensor dtype `dtype`.
 void run_gemm(at::ScalarType dtype, const GemmProblem& p) {
-  if (p.layout == Layout::NT && wgmma_takes(dtype, p)) {
-    if (dtype == at::kHalf) run_wgmma<__half>(p);
-    else if (dtype == at::kBFloat16) run_wgmma<__nv_bfloat16>(p);
-    else run_wgmma<float>(p);  // TF32
+  const WgmmaChoice c = wgmma_choice(dtype, p);
+  if (c.take && !c.copies) {
+    if (dtype == at::kHalf) run_wgmma<__half>(p, c);
+    else if (dtype == at::kBFloat16) run_wgmma<__nv_bfloat16>(p, c);
+    else run_wgmma<float>(p, c);  // TF32
     return;
   }
   switch (dtype) {
@@ -483,7 +611,7 @@ linear_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
       GemmProblem p{Layout::NN, dy.data_ptr(), w.data_ptr(), gi.data_ptr(), nullptr,
                     M, K, N, &x, sms, stream};
       at::Tensor wt;  // W^T [K][N], K-contiguous for the wgmma kernel ("NT")
-      if (wgmma_takes(x.scalar_type(), p)) {
+      if (wgmma_choice(x.scalar_type(), p).copies) {
         wt = transposed(w, sms, stream);
         p.layout = Layout::NT;
         p.B = wt.data_ptr();
@@ -499,7 +627,7 @@ linear_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
       GemmProblem p{Layout::TN, dy.data_ptr(), x.data_ptr(), gw.data_ptr(), nullptr,
                     N, K, M, &x, sms, stream};
       at::Tensor dyt, xt;  // dy^T [N][M], x^T [K][M], M-contiguous for the wgmma kernel
-      if (wgmma_takes(x.scalar_type(), p)) {
+      if (wgmma_choice(x.scalar_type(), p).copies) {
         dyt = transposed(dy.reshape({M, N}), sms, stream);
         xt = transposed(x.reshape({M, K}), sms, stream);
         p.layout = Layout::NT;

@@ -30,11 +30,23 @@
 // thread).
 //
 // wgmma (gemm_sm90.cuh, FASTNN_SM90A) is modelled from the PTX ISA's description of the
-// matrix descriptors, the 128-byte swizzle and the accumulator layout (see wgmma_m64n128
-// below); it checks the kernel against that reading, not the hardware. wgmma.fence and
-// fence.proxy.async are no-ops here (a missing one cannot show), descriptor bits other
-// than start address, SBO and swizzle mode are not checked, nor that the warpgroup's
-// threads pass the same descriptors.
+// matrix descriptors (K-major and MN-major), the 128-byte swizzle and the accumulator
+// layout (see wgmma_m64n128 below); it checks the kernel against that reading, not the
+// hardware. wgmma.fence and fence.proxy.async are no-ops here (a missing one cannot
+// show), descriptor bits other than start address, LBO, SBO and swizzle mode are not
+// checked, nor that the warpgroup's threads pass the same descriptors.
+//
+// mbarriers and the tensor-memory accelerator (the TMA GEMM): an mbarrier's state lives
+// beside shared memory, keyed by its address (arrival count, pending arrivals,
+// transaction bytes, phase); a phase completes when every arrival is in and the
+// transaction count is back to 0. A TMA copy (tma_load_2d) poisons its box's
+// destination when issued and lands (zeros outside the tensor, the 128-byte swizzle by
+// address bits) when some thread next waits on its barrier, then counts its bytes; so a
+// stage read before its barrier's wait shows poison, and one overwritten while its
+// wgmmas are in flight fails their check. A thread waiting on a barrier sleeps until the
+// barrier changes; if every live thread sleeps, the launch fails with "deadlock"
+// (e.g. a transaction count that never reaches 0). setmaxnreg and the barrier-init fence
+// are no-ops.
 //
 // Not modelled: memory ordering between threads beyond the barriers (all sharing in
 // fastnn's kernels goes through barriers), warp-synchronous code without __syncwarp,
@@ -66,17 +78,23 @@
 #include <string>
 #include <tuple>
 
+#include <map>
+
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "cuda.h"  // CUtensorMap
+
+#define CUDART_VERSION 13000
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __grid_constant__
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static
 
@@ -130,6 +148,20 @@ inline cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr
   return cudaSuccess;
 }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+enum cudaDriverEntryPointQueryResult {
+  cudaDriverEntryPointSuccess = 0,
+  cudaDriverEntryPointSymbolNotFound = 1,
+};
+constexpr unsigned long long cudaEnableDefault = 0;
+// The driver functions fastnn looks up: cuTensorMapEncodeTiled (the emulator's, cuda.h).
+inline cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned int,
+                                                    unsigned long long,
+                                                    cudaDriverEntryPointQueryResult* status) {
+  const bool found = std::strcmp(symbol, "cuTensorMapEncodeTiled") == 0;
+  *fn = found ? reinterpret_cast<void*>(&cuTensorMapEncodeTiled) : nullptr;
+  if (status) *status = found ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
+  return cudaSuccess;
+}
 inline const char* cudaGetErrorString(cudaError_t) { return "cuda emulator error"; }
 
 // Device math that CUDA provides in the global namespace.
@@ -265,9 +297,24 @@ struct AsyncCopy {
 struct Wgmma {
   float* d;
   uint64_t da, db;
-  int elem;   // bytes per operand element (2, or 4 for TF32)
-  bool bf16;  // 16-bit operands: bfloat16 (else float16)
+  int elem;        // bytes per operand element (2, or 4 for TF32)
+  bool bf16;       // 16-bit operands: bfloat16 (else float16)
+  bool ta, tb;     // operand MN-major ("transposed"), else K-major
   float product[64];
+};
+
+// One TMA box copy: issued into `dst`, lands at the next wait on its barrier.
+struct TmaCopy {
+  uint32_t dst;
+  emu::TensorMap2d map;
+  int64_t c0, c1;
+};
+// An mbarrier (see the model above).
+struct Mbarrier {
+  int count = 0, pending = 0;
+  int64_t tx = 0;
+  uint32_t phase = 0;  // phases completed
+  std::vector<TmaCopy> copies;
 };
 
 // A thread's asynchronous operations in commit groups, as cp.async and wgmma have them:
@@ -293,13 +340,14 @@ struct Groups {
 };
 
 struct Fiber {
-  enum State { kReady, kWaitBlock, kWaitWarp, kDone };
+  enum State { kReady, kWaitBlock, kWaitWarp, kWaitMbar, kDone };
   Context ctx;
   dim3 tid;
   int linear = 0;
   State state = kReady;
   Groups<AsyncCopy> copies;
   Groups<Wgmma> wgmmas;
+  uint32_t waiting_on = 0;  // the mbarrier a kWaitMbar thread waits on
 };
 
 struct Launch {
@@ -320,6 +368,7 @@ struct Launch {
   bool failed = false;
   // Static __shared__ arrays (function statics, see shared_array) met in this launch.
   std::vector<std::pair<void*, size_t>> statics;
+  std::map<uint32_t, Mbarrier> mbarriers;  // by shared-memory offset; reset per block
 };
 
 // Launches per kernel (function address) in this process; read by launches() in
@@ -459,23 +508,31 @@ inline void cp_async_commit() { me().copies.commit(); }
 inline void cp_async_wait(int pending) { me().copies.retire(pending, do_copy); }
 
 // wgmma (sm_90a) on shared-memory operands described by matrix descriptors, as
-// gemm_sm90.cuh uses it: both operands K-major with the 128-byte swizzle, m64n128 with
-// 32 bytes of K per instruction (k16 for float16 / bfloat16, k8 for TF32), float
-// accumulators. The descriptor gives the start address (bits 0-13, 16-byte units) and
-// the stride between 8-row groups (SBO, bits 32-45); rows of a group are 128 bytes
-// apart, and the swizzle XORs address bits 4-6 with bits 7-9. TF32 reads float32 and
+// gemm_sm90.cuh uses it: operands with the 128-byte swizzle, m64n128 with 32 bytes of K
+// per instruction (k16 for float16 / bfloat16, k8 for TF32), float accumulators. The
+// descriptor gives the start address (bits 0-13, 16-byte units), the leading byte offset
+// (LBO, bits 16-29) and the stride byte offset (SBO, bits 32-45). K-major: row r (of M
+// or N), element k at start + (r / 8) SBO + (r % 8) 128 + k bytes-per-element. MN-major
+// (trans-a / trans-b = 1, 16-bit types): start + (r / 64) LBO + (k / 8) SBO + (k % 8) 128
+// + (r % 64) 2 (PTX ISA, "Leading / Stride Dimension Byte Offset" and the canonical
+// layouts: ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)) in 16-byte units). The swizzle XORs
+// address bits 4-6 with bits 7-9 in both. TF32 reads float32 and
 // ignores the low 13 mantissa bits. The accumulator layout (thread t of the warpgroup,
 // w = t / 32, l = t % 32): register 4j + {0,1} is row 16w + l/4, columns 8j + 2(l%4) +
 // {0,1}; 4j + {2,3} the same columns of row 16w + l/4 + 8 (PTX ISA, "Matrix fragments
 // for wgmma .m64nNk16"). The emulator takes the layout from the same document as the
 // kernel's epilogue, so it checks the kernel's addressing and pipeline, not that layout.
-inline float wgmma_operand(const Wgmma& op, uint64_t desc, int row, int k) {
+inline float wgmma_operand(const Wgmma& op, uint64_t desc, bool mn_major, int row, int k) {
   Launch& L = *current_launch();
   if ((desc >> 62) != 1)
     throw std::runtime_error("cuda emulator: wgmma descriptor without the 128-byte swizzle");
+  if (mn_major && op.elem != 2)
+    throw std::runtime_error("cuda emulator: wgmma with an MN-major operand of a 32-bit type");
   const uint32_t start = static_cast<uint32_t>(desc & 0x3fff) << 4;
+  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3fff) << 4;
   const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3fff) << 4;
-  const uint32_t lin = start + (row / 8) * sbo + (row % 8) * 128 + k * op.elem;
+  const uint32_t lin = mn_major ? start + (row / 64) * lbo + (k / 8) * sbo + (k % 8) * 128 + (row % 64) * 2
+                                : start + (row / 8) * sbo + (row % 8) * 128 + k * op.elem;
   const uint32_t phys = lin ^ (((lin >> 7) & 7u) << 4);
   if (phys + op.elem > L.smem_bytes)
     throw std::runtime_error("cuda emulator: wgmma operand outside dynamic shared memory");
@@ -507,14 +564,15 @@ inline void wgmma_product(const Wgmma& op, float (&out)[64]) {
       const int row = 16 * w + l / 4 + (r >= 2 ? 8 : 0);
       const int col = 8 * j + 2 * (l % 4) + (r & 1);
       float s = 0.f;
-      for (int k = 0; k < K; ++k) s += wgmma_operand(op, op.da, row, k) * wgmma_operand(op, op.db, col, k);
+      for (int k = 0; k < K; ++k)
+        s += wgmma_operand(op, op.da, op.ta, row, k) * wgmma_operand(op, op.db, op.tb, col, k);
       out[4 * j + r] = s;
     }
 }
 
 template <typename T>
-inline void wgmma_m64n128(float (&d)[64], uint64_t da, uint64_t db) {
-  Wgmma op{d, da, db, static_cast<int>(sizeof(T)), std::is_same<T, c10::BFloat16>::value, {}};
+inline void wgmma_m64n128(float (&d)[64], uint64_t da, uint64_t db, bool ta, bool tb) {
+  Wgmma op{d, da, db, static_cast<int>(sizeof(T)), std::is_same<T, c10::BFloat16>::value, ta, tb, {}};
   wgmma_product(op, op.product);
   me().wgmmas.open.push_back(op);
 }
@@ -529,6 +587,96 @@ inline void wgmma_wait(int pending) {
           "its wait_group (a stage reused too early, or read before its data landed)");
     for (int i = 0; i < 64; ++i) op.d[i] += op.product[i];
   });
+}
+
+// mbarriers and TMA copies (see the model at the top of this file).
+inline Mbarrier& mbarrier_at(uint32_t bar, bool init = false) {
+  Launch& L = *current_launch();
+  if (bar % 8 != 0 || bar + 8 > L.smem_bytes)
+    throw std::runtime_error("cuda emulator: mbarrier at a misaligned or out-of-range address");
+  auto it = L.mbarriers.find(bar);
+  if (it == L.mbarriers.end()) {
+    if (!init) throw std::runtime_error("cuda emulator: mbarrier used before mbarrier.init");
+    it = L.mbarriers.emplace(bar, Mbarrier{}).first;
+  }
+  return it->second;
+}
+inline void mbar_wake(uint32_t bar) {
+  Launch& L = *current_launch();
+  for (int t = 0; t < L.nthreads; ++t) {
+    Fiber& f = L.fibers[t];
+    if (f.state == Fiber::kWaitMbar && f.waiting_on == bar) f.state = Fiber::kReady;
+  }
+}
+inline void mbar_try_complete(uint32_t bar, Mbarrier& m) {
+  if (m.pending == 0 && m.tx == 0) {
+    ++m.phase;
+    m.pending = m.count;
+  }
+  mbar_wake(bar);
+}
+inline void mbar_init(uint32_t bar, uint32_t count) {
+  if (count == 0) throw std::runtime_error("cuda emulator: mbarrier.init with a count of 0");
+  Mbarrier& m = mbarrier_at(bar, /*init=*/true);
+  m = Mbarrier{};
+  m.count = m.pending = static_cast<int>(count);
+}
+// mbarrier.arrive (expect_bytes 0) or mbarrier.arrive.expect_tx (expect_bytes > 0).
+inline void mbar_arrive(uint32_t bar, uint32_t expect_bytes) {
+  Mbarrier& m = mbarrier_at(bar);
+  m.tx += expect_bytes;
+  if (--m.pending < 0) throw std::runtime_error("cuda emulator: more mbarrier arrivals than its count");
+  mbar_try_complete(bar, m);
+}
+inline void tma_land(const TmaCopy& c) {
+  Launch& L = *current_launch();
+  const TensorMap2d& t = c.map;
+  const uint32_t row_bytes = t.box[0] * t.elem;
+  for (uint32_t r = 0; r < t.box[1]; ++r)
+    for (uint32_t i = 0; i < t.box[0]; ++i) {
+      const int64_t x = c.c0 + i, y = c.c1 + r;
+      const uint32_t lin = c.dst + r * row_bytes + i * t.elem;
+      const uint32_t phys = lin ^ (((lin >> 7) & 7u) << 4);
+      unsigned char* dst = L.smem + phys;
+      if (x >= 0 && y >= 0 && static_cast<uint64_t>(x) < t.dims[0] && static_cast<uint64_t>(y) < t.dims[1])
+        std::memcpy(dst, t.base + static_cast<uint64_t>(y) * t.stride + static_cast<uint64_t>(x) * t.elem, t.elem);
+      else
+        std::memset(dst, 0, t.elem);  // outside the tensor: zeros
+    }
+}
+// cp.async.bulk.tensor.2d ... mbarrier::complete_tx::bytes [dst], [map, {c0, c1}], [bar]
+inline void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+  Launch& L = *current_launch();
+  const TensorMap2d t = decode(map);
+  if (t.swizzle != CU_TENSOR_MAP_SWIZZLE_128B || t.box[0] * t.elem != 128)
+    throw std::runtime_error("cuda emulator: TMA modelled for 128-byte-swizzled 128-byte box rows only");
+  const uint32_t bytes = t.box[0] * t.box[1] * t.elem;
+  if (dst % 1024 != 0 || dst + bytes > L.smem_bytes)
+    throw std::runtime_error("cuda emulator: TMA destination not 1024-byte aligned or past shared memory");
+  Mbarrier& m = mbarrier_at(bar);
+  std::memset(L.smem + dst, 0xff, bytes);  // the hardware may write it any time until it lands
+  m.copies.push_back({dst, t, c0, c1});
+  mbar_wake(bar);
+}
+// Waits until the phase of parity `parity` of the barrier has completed (as a loop on
+// mbarrier.try_wait.parity); first lands the barrier's copies and counts their bytes.
+inline void mbar_wait(uint32_t bar, uint32_t parity) {
+  for (;;) {
+    Mbarrier& m = mbarrier_at(bar);
+    if (!m.copies.empty()) {
+      std::vector<TmaCopy> landing;
+      landing.swap(m.copies);
+      for (const TmaCopy& c : landing) {
+        tma_land(c);
+        m.tx -= static_cast<int64_t>(c.map.box[0]) * c.map.box[1] * c.map.elem;
+      }
+      mbar_try_complete(bar, m);
+    }
+    if ((m.phase & 1u) != (parity & 1u)) return;
+    me().state = Fiber::kWaitMbar;
+    me().waiting_on = bar;
+    yield_to_scheduler();
+  }
 }
 
 inline void thread_exit(Launch& L, Fiber& f) {
@@ -590,6 +738,7 @@ inline void run_block(Launch& L) {
   }
   if (L.smem_bytes) std::memset(L.smem, 0xff, L.smem_bytes);
   for (const auto& [p, n] : L.statics) std::memset(p, 0xff, n);
+  L.mbarriers.clear();
   char* stacks = stack_pool();
   for (int t = 0; t < L.nthreads; ++t) {
     Fiber& f = L.fibers[t];
