@@ -255,6 +255,9 @@ def main():
         (2048, 33, 1), (257, 1000, 130), (512, 1024, 512), (1000, 520, 1032), (1000, 1000, 1000),
         # K % 8 == 0 with tails everywhere: the wgmma kernel's edges under FASTNN_WGMMA=all
         (1, 8, 3), (300, 264, 301), (130, 4104, 257),
+        # N and K whole chunks, M not (and M > 256: the K ring wraps): the TMA kernel's
+        # in-place dW under FASTNN_WGMMA=tma-all, with a zero-filled reduction tail
+        (130, 264, 200), (1037, 328, 136),
     ]
     print("Correctness (err = max |out-ref| / (|A||B|), tol: "
           + ", ".join(f"{k} {v:.0e}" for k, v in TOL.items()) + ")", flush=True)

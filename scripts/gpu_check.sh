@@ -8,9 +8,11 @@
 #
 # STEPS="tests memcheck ..." runs only the named steps (after the build, which is
 # incremental when the build folder is kept), so the checks can be split over several
-# shorter runs: build tests gemm_check wgmma_check ops_check fuzz memcheck racecheck
-# wgmma_memcheck wgmma_racecheck, and in full mode bench wmma_bench train train_graph. fuzz runs
-# scripts/fuzz_ops.py on the GPU for FUZZ_SECONDS (default 120).
+# shorter runs: build tests gemm_check wgmma_check tma_check tma_bench ops_check fuzz
+# memcheck racecheck wgmma_memcheck wgmma_racecheck tma_memcheck tma_racecheck, and in full
+# mode bench wmma_bench train train_graph. fuzz runs scripts/fuzz_ops.py on the GPU for
+# FUZZ_SECONDS (default 120). The tma_* steps check and time the TMA wgmma kernel
+# (FASTNN_WGMMA=tma-all / tma), which is not the default until it has been measured.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR [quick]}
 MODE=${2:-full}
@@ -25,7 +27,7 @@ if [ -x "${FASTNN_CXX:-/usr/bin/g++}" ]; then
   export CC=${FASTNN_CC:-/usr/bin/gcc} CXX=${FASTNN_CXX:-/usr/bin/g++}
 fi
 declare -A status
-ALL_STEPS="build tests gemm_check wgmma_check ops_check fuzz memcheck racecheck wgmma_memcheck wgmma_racecheck bench wmma_bench train train_graph"
+ALL_STEPS="build tests gemm_check wgmma_check tma_check tma_bench ops_check fuzz memcheck racecheck wgmma_memcheck wgmma_racecheck tma_memcheck tma_racecheck bench wmma_bench train train_graph"
 if [ -n "${STEPS:-}" ]; then
   STEPS=$(echo "$STEPS" | tr ',\t\n' '   ')
   for s in $STEPS; do
@@ -58,6 +60,10 @@ step gemm_check gemm_check.log $PY scripts/gemm_check.py
 # The Hopper wgmma GEMM (on by default for large products; gemm_check times it): correctness
 # on every shape it can take (FASTNN_WGMMA=all).
 step wgmma_check wgmma_check.log env FASTNN_WGMMA=all $PY scripts/gemm_check.py --no-bench
+# The TMA wgmma kernel (opt-in): the same correctness checks on every shape it can take,
+# then its timings against cuBLAS on the products it takes by default.
+step tma_check tma_check.log env FASTNN_WGMMA=tma-all $PY scripts/gemm_check.py --no-bench
+step tma_bench tma_bench.log env FASTNN_WGMMA=tma $PY scripts/gemm_check.py
 step ops_check ops_check.log $PY scripts/ops_check.py
 step fuzz fuzz.log $PY scripts/fuzz_ops.py --device cuda --seconds "${FUZZ_SECONDS:-120}" --out "$OUT/fuzz.jsonl"
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
@@ -65,6 +71,8 @@ step memcheck memcheck.log compute-sanitizer --tool memcheck --error-exitcode 1 
 step racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 1 $PY scripts/sanitize_ops.py
 step wgmma_memcheck wgmma_memcheck.log env FASTNN_WGMMA=all compute-sanitizer --tool memcheck --error-exitcode 1 $PY scripts/sanitize_ops.py
 step wgmma_racecheck wgmma_racecheck.log env FASTNN_WGMMA=all compute-sanitizer --tool racecheck --error-exitcode 1 $PY scripts/sanitize_ops.py
+step tma_memcheck tma_memcheck.log env FASTNN_WGMMA=tma-all compute-sanitizer --tool memcheck --error-exitcode 1 $PY scripts/sanitize_ops.py
+step tma_racecheck tma_racecheck.log env FASTNN_WGMMA=tma-all compute-sanitizer --tool racecheck --error-exitcode 1 $PY scripts/sanitize_ops.py
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
 if [ "$MODE" != full ] && { selected bench || selected wmma_bench || selected train || selected train_graph; } && [ -n "${STEPS:-}" ]; then
   echo "== note: bench, wmma_bench, train and train_graph run in full mode only"

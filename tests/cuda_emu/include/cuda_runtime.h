@@ -759,6 +759,9 @@ inline void run_block(Launch& L) {
     }
     if (L.live == 0) break;
     if (!ran) {
+      // Threads left waiting for one that failed: report that failure (run() throws it);
+      // their fibers are abandoned (their stacks are reset for the next launch).
+      if (L.failed) return;
       throw std::runtime_error(
           "cuda emulator: deadlock in block (" + std::to_string(blockIdx.x) + ", " +
           std::to_string(blockIdx.y) + ", " + std::to_string(blockIdx.z) + "): " +
