@@ -133,6 +133,57 @@ __device__ __forceinline__ void wgmma_m64n128_step(float (&d)[64], uint64_t da, 
 #endif
 }
 #undef FASTNN_WGMMA_M64N128
+
+// m64n256: the accumulators as two halves of 64 registers, d[0] columns 0..127 and d[1]
+// columns 128..255 (register 4j + r of the instruction is d[j / 16][4 (j % 16) + r]).
+#define FASTNN_ACC8_2(h, i)                                                                  \
+  "+f"(d[h][i]), "+f"(d[h][i + 1]), "+f"(d[h][i + 2]), "+f"(d[h][i + 3]), "+f"(d[h][i + 4]),  \
+      "+f"(d[h][i + 5]), "+f"(d[h][i + 6]), "+f"(d[h][i + 7])
+// As FASTNN_WGMMA_M64N128 with 128 accumulators: descriptors %128, %129, scale-d %130,
+// trans-a / trans-b %131, %132.
+#define FASTNN_WGMMA_M64N256(INSTR, IMM, ...)                                               \
+  asm volatile(                                                                             \
+      "{\n"                                                                                 \
+      ".reg .pred p;\n"                                                                      \
+      "setp.ne.b32 p, %130, 0;\n"                                                            \
+      INSTR "\n"                                                                            \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"            \
+      " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,\n"  \
+      " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,\n"  \
+      " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,\n"  \
+      " %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,\n"  \
+      " %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,\n"  \
+      " %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,\n" \
+      " %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127},\n" \
+      " %128, %129, p, " IMM ";\n"                                                          \
+      "}\n"                                                                                 \
+      : FASTNN_ACC8_2(0, 0), FASTNN_ACC8_2(0, 8), FASTNN_ACC8_2(0, 16), FASTNN_ACC8_2(0, 24),   \
+        FASTNN_ACC8_2(0, 32), FASTNN_ACC8_2(0, 40), FASTNN_ACC8_2(0, 48), FASTNN_ACC8_2(0, 56),   \
+        FASTNN_ACC8_2(1, 0), FASTNN_ACC8_2(1, 8), FASTNN_ACC8_2(1, 16), FASTNN_ACC8_2(1, 24),   \
+        FASTNN_ACC8_2(1, 32), FASTNN_ACC8_2(1, 40), FASTNN_ACC8_2(1, 48), FASTNN_ACC8_2(1, 56) \
+      : "l"(da), "l"(db), "r"(1) __VA_ARGS__)
+
+// d += A . B^T for one 64 x 256 x (32 bytes of K) step, as wgmma_m64n128_step: one
+// instruction reads A once for all 256 columns (two m64n128 steps read it twice).
+template <typename T, bool TA = false, bool TB = false>
+__device__ __forceinline__ void wgmma_m64n256_step(float (&d)[2][64], uint64_t da, uint64_t db) {
+  static_assert(sizeof(T) == 2 || (!TA && !TB), "wgmma reads TF32 operands K-major only");
+#if defined(FASTNN_CUDA_EMULATOR)
+  ::emu::wgmma_m64n256<T>(d, da, db, TA, TB);
+#else
+  if constexpr (std::is_same_v<T, __half>) {
+    FASTNN_WGMMA_M64N256("wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16", "1, 1, %131, %132",
+                         , "n"(int{TA}), "n"(int{TB}));
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    FASTNN_WGMMA_M64N256("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16", "1, 1, %131, %132",
+                         , "n"(int{TA}), "n"(int{TB}));
+  } else {
+    FASTNN_WGMMA_M64N256("wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32", "1, 1");
+  }
+#endif
+}
+#undef FASTNN_WGMMA_M64N256
+#undef FASTNN_ACC8_2
 #undef FASTNN_ACC8
 
 #if defined(FASTNN_CUDA_EMULATOR)
@@ -300,8 +351,8 @@ __global__ void __launch_bounds__(THREADS, 1)
 }
 
 // ---------------------------------------------------------------------------------
-// wgmma_gemm_tma_kernel: the same product, tiles and wgmma steps, fed by the tensor-
-// memory accelerator (TMA) and split into a producer and two consumers.
+// wgmma_gemm_tma_kernel: the same product and tiles, fed by the tensor-memory
+// accelerator (TMA) and split into a producer and two consumers.
 //
 // Computes C[M,N] = A . B (+ bias[n]) with A K-major ([M][K], K contiguous) or, with
 // A_MN, MN-major ([K][M], M contiguous), and B K-major ([N][K]) or, with B_MN,
@@ -321,9 +372,10 @@ __global__ void __launch_bounds__(THREADS, 1)
 // mbarrier), announcing the stage's 48 KB on its "full" mbarrier (arrive.expect_tx)
 // and issuing the TMA copies, which complete on that barrier. Warpgroups 1 and 2 are
 // the consumers of rows 0..63 and 64..127: they rise to 232 registers, wait on the
-// stage's full barrier, issue its 8 wgmmas (2 x m64n128 per 32 bytes of K), and once
-// wait_group 1 shows the previous tile's wgmmas retired, one thread of each releases
-// that tile's stage (an arrive on its empty barrier; 2 arrivals free it). So all 4
+// stage's full barrier, issue its 4 wgmmas (one m64n256 per 32 bytes of K: A is read
+// once per step, where the two m64n128 steps above read it twice), and once wait_group
+// 1 shows the previous tile's wgmmas retired, one thread of each releases that tile's
+// stage (an arrive on its empty barrier; 2 arrivals free it). So all 4
 // stages can be in flight, no block-wide barrier is met in the loop, and no consumer
 // thread computes a load address. Barrier phases: the k-th use of stage s (k =
 // kt / STAGES) completes phase k of full[s]; its consumers wait for parity k & 1, and
@@ -332,7 +384,17 @@ __global__ void __launch_bounds__(THREADS, 1)
 // The epilogue is store_rows, as above.
 namespace tma {
 constexpr int THREADS = 384;          // producer warpgroup + 2 consumer warpgroups
-constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;  // 128 x 40 + 256 x 232 <= 64K
+// setmaxnreg moves registers within the block's allocation at launch: the consumers'
+// rise waits until the producer has given up enough, so the kernel must start with at
+// least LAUNCH_REGS per thread (what __launch_bounds__(384, 1) caps it at; linear.cu
+// checks the compiled count before the first launch, as a smaller one would hang).
+constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232, LAUNCH_REGS = 168;
+static_assert(128 * PRODUCER_REGS + 256 * CONSUMER_REGS <= THREADS * LAUNCH_REGS &&
+                  THREADS * LAUNCH_REGS <= 65536,
+              "the warpgroups' registers after setmaxnreg must fit the launch allocation");
+// A wait on an mbarrier longer than this (clock cycles, about 10 s) is a protocol slip
+// (a transaction count that never completes): trap, so it fails instead of hanging.
+constexpr long long MBAR_TIMEOUT_CYCLES = 20'000'000'000LL;
 constexpr int MN_BOX_BYTES = 64 * BK_BYTES;             // an MN-major box: 64 K rows, 8 KB
 constexpr int BARRIER_BYTES = 2 * STAGES * 8;           // full[STAGES], empty[STAGES]
 constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + BARRIER_BYTES + 1024;
@@ -369,20 +431,25 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t byt
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-// Returns once the phase of parity `parity` has completed.
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+// Returns once the phase of parity `parity` has completed (traps after about 10 s).
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  while (!done) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n"
-        "}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  }
+  if (mbar_try_wait(bar, parity)) return;
+  const long long start = clock64();
+  while (!mbar_try_wait(bar, parity))
+    if (clock64() - start > tma::MBAR_TIMEOUT_CYCLES) __trap();
 }
 // One box of the 2-D tensor `map` at coordinates (c0: innermost, c1) into shared memory
 // at dst, completing `bar`'s transaction count by the box's bytes.
@@ -464,16 +531,16 @@ __global__ void __launch_bounds__(tma::THREADS, 1)
 
   setmaxnreg_inc<tma::CONSUMER_REGS>();
   const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the tile
-  float acc0[64], acc1[64];
+  float acc[2][64];       // columns 0..127 and 128..255
 #pragma unroll
-  for (int i = 0; i < 64; ++i) acc0[i] = acc1[i] = 0.f;
+  for (int i = 0; i < 64; ++i) acc[0][i] = acc[1][i] = 0.f;
 
   for (int kt = 0; kt < k_tiles; ++kt) {
     const int s = kt % STAGES;
     mbar_wait(full + 8 * s, (kt / STAGES) & 1);
     const uint32_t a_stage = ring + s * STAGE_BYTES, b_stage = a_stage + A_TILE_BYTES;
-    fence_acc(acc0);
-    fence_acc(acc1);
+    fence_acc(acc[0]);
+    fence_acc(acc[1]);
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < BK_BYTES / 32; ++k) {
@@ -481,24 +548,21 @@ __global__ void __launch_bounds__(tma::THREADS, 1)
       // 16k + 15 (2 groups of 8 rows, 2048 bytes), the next 64-element block 8 KB on.
       const uint64_t da = A_MN ? smem_desc(a_stage + cw * tma::MN_BOX_BYTES + 2048 * k, tma::MN_BOX_BYTES)
                                : smem_desc(a_stage + cw * 64 * BK_BYTES + 32 * k);
-      const uint64_t db0 = B_MN ? smem_desc(b_stage + 2048 * k, tma::MN_BOX_BYTES)
-                                : smem_desc(b_stage + 32 * k);
-      const uint64_t db1 = B_MN ? smem_desc(b_stage + 2 * tma::MN_BOX_BYTES + 2048 * k, tma::MN_BOX_BYTES)
-                                : smem_desc(b_stage + 128 * BK_BYTES + 32 * k);
-      wgmma_m64n128_step<T, A_MN, B_MN>(acc0, da, db0);
-      wgmma_m64n128_step<T, A_MN, B_MN>(acc1, da, db1);
+      const uint64_t db = B_MN ? smem_desc(b_stage + 2048 * k, tma::MN_BOX_BYTES)
+                               : smem_desc(b_stage + 32 * k);
+      wgmma_m64n256_step<T, A_MN, B_MN>(acc, da, db);
     }
     wgmma_commit();
-    fence_acc(acc0);
-    fence_acc(acc1);
+    fence_acc(acc[0]);
+    fence_acc(acc[1]);
     wgmma_wait<1>();  // the previous tile's wgmmas have retired: release its stage
     if (kt > 0 && tid % 128 == 0) mbar_arrive(empty + 8 * ((kt - 1) % STAGES));
   }
   wgmma_wait<0>();
-  fence_acc(acc0);
-  fence_acc(acc1);
+  fence_acc(acc[0]);
+  fence_acc(acc[1]);
 
-  store_rows(acc0, acc1, C, bias, M, N, static_cast<int64_t>(m0) + cw * 64, n0, tid % 128);
+  store_rows(acc[0], acc[1], C, bias, M, N, static_cast<int64_t>(m0) + cw * 64, n0, tid % 128);
 #else
   __trap();  // built without sm_90a: linear.cu never launches this kernel then
 #endif

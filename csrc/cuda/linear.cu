@@ -294,13 +294,19 @@ struct WgmmaChoice {
 
 // The TMA kernel: the tensor maps need 16-byte-aligned operands whose contiguous
 // dimension is whole 16-byte chunks and non-empty (K > 0), and its tile coordinates
-// are 32-bit. "NN" / "TN" in place for the 16-bit types only (MN-major operands).
+// are 32-bit. "NN" / "TN" in place for the 16-bit types only (MN-major operands). Needs
+// CUDA 12.5 or later (the driver entry-point lookup).
 bool tma_takes(bool tf32, const GemmProblem& p) {
+#if CUDART_VERSION >= 12050  // cudaGetDriverEntryPointByVersion (for the tensor maps)
   const int64_t q = tf32 ? 4 : 8;
   const int64_t a_contig = p.layout == Layout::TN ? p.M : p.K;
   const int64_t b_contig = p.layout == Layout::NT ? p.K : p.N;
   return (p.layout == Layout::NT || !tf32) && p.K > 0 && a_contig % q == 0 && b_contig % q == 0 &&
          gemm::aligned16(p.A) && gemm::aligned16(p.B) && std::max({p.M, p.N, p.K}) <= INT_MAX - 1024;
+#else
+  (void)tf32, (void)p;
+  return false;
+#endif
 }
 
 WgmmaChoice wgmma_choice(at::ScalarType dtype, const GemmProblem& p) {
@@ -343,7 +349,7 @@ void run_wgmma(const GemmProblem& p) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-#if defined(FASTNN_SM90A)
+#if defined(FASTNN_SM90A) && CUDART_VERSION >= 12050
 // cuTensorMapEncodeTiled, a driver function, looked up through the runtime (so the
 // extension needs no link against libcuda).
 using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
@@ -397,6 +403,17 @@ void run_wgmma_tma(const GemmProblem& p) {
   auto kernel = sm90::wgmma_gemm_tma_kernel<T, A_MN, B_MN>;
   static std::atomic<uint64_t> done{0};
   allow_smem(kernel, sm90::tma::SMEM_BYTES, p.like->device().index(), done);
+#if !defined(FASTNN_CUDA_EMULATOR)  // (the emulator has no register file)
+  static const int regs = [&] {
+    cudaFuncAttributes attr{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(kernel)));
+    return attr.numRegs;
+  }();
+  TORCH_CHECK(regs >= sm90::tma::LAUNCH_REGS, "fastnn::linear: the TMA wgmma kernel was compiled "
+              "with ", regs, " registers per thread; its setmaxnreg split needs ",
+              sm90::tma::LAUNCH_REGS, " (was the extension built with -maxrregcount?). Unset "
+              "FASTNN_WGMMA to use the other kernels.");
+#endif
   constexpr int BK = sm90::BK_BYTES / static_cast<int>(sizeof(T));  // one 128-byte row of K
   const CUtensorMap map_a = A_MN ? tensor_map<T>(p.A, p.K, p.M, 64, 64)
                                  : tensor_map<T>(p.A, p.M, p.K, BK, sm90::BM);
@@ -413,7 +430,7 @@ void run_wgmma_tma(const GemmProblem& p) {
 // p on a wgmma kernel as `c` says (c.take, not c.copies).
 template <typename T>
 void run_wgmma(const GemmProblem& p, const WgmmaChoice& c) {
-#if defined(FASTNN_SM90A)
+#if defined(FASTNN_SM90A) && CUDART_VERSION >= 12050
   if (c.tma) {
     if constexpr (sizeof(T) == 2) {
       if (p.layout == Layout::NN) return run_wgmma_tma<T, false, true>(p);

@@ -290,17 +290,19 @@ struct AsyncCopy {
   bool valid;  // false: zero-fill, nothing read
 };
 
-// One wgmma.mma_async of a thread (its 64 accumulator registers of an m64n128 step):
+// One wgmma.mma_async of a thread (its 64 or 128 accumulator registers of an m64n128 or
+// m64n256 step):
 // the product is computed when issued and again when its group is waited for; the
 // two must agree (the hardware may read the shared-memory operands at any time in
 // between), then it is added to the accumulators.
 struct Wgmma {
-  float* d;
-  uint64_t da, db;
+  float* d;        // n / 2 accumulators
+  int n;           // 128 or 256 columns
   int elem;        // bytes per operand element (2, or 4 for TF32)
   bool bf16;       // 16-bit operands: bfloat16 (else float16)
   bool ta, tb;     // operand MN-major ("transposed"), else K-major
-  float product[64];
+  uint64_t da, db;
+  float product[128];
 };
 
 // One TMA box copy: issued into `dst`, lands at the next wait on its barrier.
@@ -508,20 +510,20 @@ inline void cp_async_commit() { me().copies.commit(); }
 inline void cp_async_wait(int pending) { me().copies.retire(pending, do_copy); }
 
 // wgmma (sm_90a) on shared-memory operands described by matrix descriptors, as
-// gemm_sm90.cuh uses it: operands with the 128-byte swizzle, m64n128 with 32 bytes of K
-// per instruction (k16 for float16 / bfloat16, k8 for TF32), float accumulators. The
-// descriptor gives the start address (bits 0-13, 16-byte units), the leading byte offset
-// (LBO, bits 16-29) and the stride byte offset (SBO, bits 32-45). K-major: row r (of M
-// or N), element k at start + (r / 8) SBO + (r % 8) 128 + k bytes-per-element. MN-major
-// (trans-a / trans-b = 1, 16-bit types): start + (r / 64) LBO + (k / 8) SBO + (k % 8) 128
-// + (r % 64) 2 (PTX ISA, "Leading / Stride Dimension Byte Offset" and the canonical
-// layouts: ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)) in 16-byte units). The swizzle XORs
-// address bits 4-6 with bits 7-9 in both. TF32 reads float32 and
-// ignores the low 13 mantissa bits. The accumulator layout (thread t of the warpgroup,
-// w = t / 32, l = t % 32): register 4j + {0,1} is row 16w + l/4, columns 8j + 2(l%4) +
-// {0,1}; 4j + {2,3} the same columns of row 16w + l/4 + 8 (PTX ISA, "Matrix fragments
-// for wgmma .m64nNk16"). The emulator takes the layout from the same document as the
-// kernel's epilogue, so it checks the kernel's addressing and pipeline, not that layout.
+// gemm_sm90.cuh uses it: operands with the 128-byte swizzle, m64n128 or m64n256 with 32
+// bytes of K per instruction (k16 for float16 / bfloat16, k8 for TF32), float accumulators.
+// The descriptor gives the start address (bits 0-13, 16-byte units), the leading byte
+// offset (LBO, bits 16-29) and the stride byte offset (SBO, bits 32-45). K-major: row r (of
+// M or N), element k at start + (r / 8) SBO + (r % 8) 128 + k bytes-per-element. MN-major
+// (trans-a / trans-b = 1, 16-bit types): start + (r / 64) LBO + (k / 8) SBO + (k % 8) 128 +
+// (r % 64) 2 (PTX ISA, "Leading / Stride Dimension Byte Offset" and the canonical layouts:
+// ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)) in 16-byte units). The swizzle XORs address bits 4-6
+// with bits 7-9 in both. TF32 reads float32 and ignores the low 13 mantissa bits. The
+// accumulator layout (thread t of the warpgroup, w = t / 32, l = t % 32): register 4j +
+// {0,1} is row 16w + l/4, columns 8j + 2(l%4) + {0,1}; 4j + {2,3} the same columns of row
+// 16w + l/4 + 8 (PTX ISA, "Matrix fragments for wgmma .m64nNk16"). The emulator takes the
+// layout from the same document as the kernel's epilogue, so it checks the kernel's
+// addressing and pipeline, not that layout.
 inline float wgmma_operand(const Wgmma& op, uint64_t desc, bool mn_major, int row, int k) {
   Launch& L = *current_launch();
   if ((desc >> 62) != 1)
@@ -556,10 +558,10 @@ inline float wgmma_operand(const Wgmma& op, uint64_t desc, bool mn_major, int ro
   return static_cast<float>(c10::Half(h, c10::Half::from_bits()));
 }
 
-inline void wgmma_product(const Wgmma& op, float (&out)[64]) {
+inline void wgmma_product(const Wgmma& op, float (&out)[128]) {
   const int t = me().linear % 128, w = t / 32, l = t % 32;
   const int K = 32 / op.elem;
-  for (int j = 0; j < 16; ++j)
+  for (int j = 0; j < op.n / 8; ++j)
     for (int r = 0; r < 4; ++r) {
       const int row = 16 * w + l / 4 + (r >= 2 ? 8 : 0);
       const int col = 8 * j + 2 * (l % 4) + (r & 1);
@@ -571,21 +573,30 @@ inline void wgmma_product(const Wgmma& op, float (&out)[64]) {
 }
 
 template <typename T>
-inline void wgmma_m64n128(float (&d)[64], uint64_t da, uint64_t db, bool ta, bool tb) {
-  Wgmma op{d, da, db, static_cast<int>(sizeof(T)), std::is_same<T, c10::BFloat16>::value, ta, tb, {}};
+inline void wgmma_issue(float* d, int n, uint64_t da, uint64_t db, bool ta, bool tb) {
+  Wgmma op{d, n, static_cast<int>(sizeof(T)), std::is_same<T, c10::BFloat16>::value, ta, tb, da, db, {}};
   wgmma_product(op, op.product);
   me().wgmmas.open.push_back(op);
+}
+template <typename T>
+inline void wgmma_m64n128(float (&d)[64], uint64_t da, uint64_t db, bool ta, bool tb) {
+  wgmma_issue<T>(d, 128, da, db, ta, tb);
+}
+// m64n256: accumulator register 4j + r is d[j / 16][4 (j % 16) + r], i.e. d flattened.
+template <typename T>
+inline void wgmma_m64n256(float (&d)[2][64], uint64_t da, uint64_t db, bool ta, bool tb) {
+  wgmma_issue<T>(&d[0][0], 256, da, db, ta, tb);
 }
 inline void wgmma_commit() { me().wgmmas.commit(); }
 inline void wgmma_wait(int pending) {
   me().wgmmas.retire(pending, [](const Wgmma& op) {
-    float now[64];
+    float now[128];
     wgmma_product(op, now);
-    if (std::memcmp(now, op.product, sizeof(now)) != 0)
+    if (std::memcmp(now, op.product, sizeof(float) * (op.n / 2)) != 0)
       throw std::runtime_error(
           "cuda emulator: a wgmma's shared-memory operands changed between its issue and "
           "its wait_group (a stage reused too early, or read before its data landed)");
-    for (int i = 0; i < 64; ++i) op.d[i] += op.product[i];
+    for (int i = 0; i < op.n / 2; ++i) op.d[i] += op.product[i];
   });
 }
 
