@@ -392,7 +392,8 @@ CUtensorMap tensor_map(const void* base, int64_t rows, int64_t cols, int box_col
                                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   TORCH_CHECK(r == CUDA_SUCCESS, "fastnn::linear: cuTensorMapEncodeTiled failed (error ", int(r),
-              ") for a ", rows, " x ", cols, " operand.");
+              ") for a ", rows, " x ", cols, " operand of the TMA wgmma kernel; unset FASTNN_WGMMA "
+              "to use the other kernels.");
   return map;
 }
 
