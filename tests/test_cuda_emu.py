@@ -235,9 +235,10 @@ def test_bad_target_fails_the_launch(E):
 
 
 # ----------------------------------------------------------------------------------------
-# Linear: the SIMT GEMMs (float32, float64), the WMMA tensor-core GEMMs (float16, bfloat16,
-# TF32; the cp.async pipeline for large aligned products, register-staged otherwise),
-# split-K with its fixed-order reduction, the bias epilogue and the grad_bias column sums.
+# Linear: the SIMT GEMMs (float32, float64: register-staged for many tiles, a cp.async ring
+# of element copies for few), the WMMA tensor-core GEMMs (float16, bfloat16, TF32: a
+# cp.async ring for aligned operands, register-staged otherwise), split-K with its
+# fixed-order reduction, the bias epilogue and the grad_bias column sums.
 
 LINEAR_SHAPES = [
     (64, 784, 256),   # MNIST layer 1 (split-K: fewer output tiles than SMs)
@@ -279,8 +280,8 @@ def test_linear(E, dtype, shape):
                                   [True, True, False]], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
 def test_linear_backward_masks_and_layouts(E, dtype, mask, layout):
-    # a non-dense or offset x takes the register-staged loads (no cp.async), and an
-    # operand whose gradient is not asked for is only a stand-in for its shape
+    # an offset x takes the WMMA GEMM's register-staged loads (no 16-byte cp.async), and
+    # an operand whose gradient is not asked for is only a stand-in for its shape
     x, w, b, dy = _linear_inputs((48, 40, 24), dtype)
     x, w = make_layout(x, layout), make_layout(w, layout)
     got = E.linear_backward(dy, x, w, mask)

@@ -141,6 +141,83 @@ struct TileLoader {
   }
 };
 
+// ---------------------------------------------------------------------------
+// Asynchronous global -> shared copies (cp.async, sm_80+): queued per thread, grouped by
+// cp_async_commit, landed by cp_async_wait<N> (all groups but the newest N).
+
+// 16-byte global -> shared copy to the shared-space address `smem`; !valid: nothing
+// is read and the 16 bytes are zero-filled.
+__device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+#elif defined(FASTNN_CUDA_EMULATOR)  // tests/cuda_emu: queued, lands at the wait
+  ::emu::cp_async16(smem, gmem, valid);
+#endif
+}
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  cp_async16(static_cast<uint32_t>(__cvta_generic_to_shared(smem)), gmem, valid);
+}
+// One float / double element global -> shared (cp.async of 4 or 8 bytes, so any
+// element-aligned address); !valid: nothing is read and the element is zero-filled.
+// Before sm_80 a plain load and store (the commit and the wait are then no-ops).
+template <typename T>
+__device__ __forceinline__ void cp_async_elem(T* smem, const T* gmem, bool valid) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "cp.async copies 4, 8 or 16 bytes");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(
+                   static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
+               "l"(gmem), "n"(static_cast<int>(sizeof(T))), "r"(valid ? static_cast<int>(sizeof(T)) : 0)
+               : "memory");
+#elif defined(__CUDA_ARCH__)
+  *smem = valid ? *gmem : T(0);
+#elif defined(FASTNN_CUDA_EMULATOR)
+  ::emu::cp_async(static_cast<uint32_t>(__cvta_generic_to_shared(smem)), gmem, sizeof(T), valid);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(FASTNN_CUDA_EMULATOR)
+  ::emu::cp_async_commit();
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#elif defined(FASTNN_CUDA_EMULATOR)
+  ::emu::cp_async_wait(N);
+#endif
+}
+
+// Issue cp.async for a TR x TC tile of row-major g[R][C] at (r0, c0) into
+// s[r * pitch + c]. Requires C % VEC == 0 and g 16-byte aligned, so a chunk is
+// either entirely inside or entirely outside the matrix.
+template <typename S, int TR, int TC, int NT>
+__device__ __forceinline__ void async_tile(S* s, int pitch, const S* g, int64_t R, int64_t C,
+                                           int64_t r0, int64_t c0, int tid) {
+  constexpr int VEC = 16 / static_cast<int>(sizeof(S));
+  static_assert(TC % VEC == 0, "tile width must be a multiple of the vector width");
+  constexpr int CPR = TC / VEC;
+  constexpr int CHUNKS = TR * CPR;
+  constexpr int PER = (CHUNKS + NT - 1) / NT;
+#pragma unroll
+  for (int i = 0; i < PER; ++i) {
+    const int ch = tid + i * NT;
+    if ((CHUNKS % NT) == 0 || ch < CHUNKS) {
+      const int r = ch / CPR;
+      const int c = (ch % CPR) * VEC;
+      const int64_t gr = r0 + r;
+      const int64_t gc = c0 + c;
+      const bool valid = gr < R && gc < C;
+      cp_async16(s + r * pitch + c, valid ? g + gr * C + gc : g, valid);
+    }
+  }
+}
+
+
 // 4 consecutive shared-memory elements (16-byte aligned for float, 32 for double).
 __device__ __forceinline__ void lds4(const float* p, float* o) {
   const float4 t = *reinterpret_cast<const float4*>(p);
@@ -166,20 +243,97 @@ __device__ __forceinline__ void stg4(double* p, const double* v) {
 //   TM x TN register tile. Thread (ty, tx) owns rows
 //   g*(BM/(TM/4)) + ty*4 + {0..3} for g < TM/4 (and likewise columns), so its
 //   shared-memory reads are 16-byte vectors and conflict-free.
-//   Shared memory holds both operands k-major (As[k][m], Bs[k][n]), double
-//   buffered: tile t+1 is loaded into registers while tile t is multiplied,
-//   then stored into the other buffer; one __syncthreads per K tile.
+//   Shared memory holds both operands k-major (As[k][m], Bs[k][n], rows padded
+//   by SimtPad elements). Two kernels fill it:
+//     simt_gemm_kernel        register-staged double buffer: tile t+1 is loaded
+//                             into registers while tile t is multiplied, then
+//                             stored into the other buffer (k-contiguous operands
+//                             transposed on the store); one __syncthreads per K
+//                             tile. Throughput-bound problems (many tiles).
+//     simt_gemm_async_kernel  a STAGES-deep ring of cp.async element copies
+//                             (transposing as they land), so STAGES-1 K tiles are
+//                             in flight while one is multiplied. Small, latency-
+//                             bound problems (few tiles, where each K tile would
+//                             otherwise wait a whole global-memory round trip).
+constexpr int kSimtPad = 4;
+
+// acc[TM][TN] += as^T . bs over one K tile: as = As[BK][BM + pad], bs = Bs[BK][BN + pad].
+template <typename T, int BM, int BN, int BK, int TM, int TN>
+__device__ __forceinline__ void simt_tile_fma(const T* __restrict__ as, const T* __restrict__ bs,
+                                              int tx, int ty, T (&acc)[TM][TN]) {
+  constexpr int GM = TM / 4, GN = TN / 4;
+#pragma unroll
+  for (int k = 0; k < BK; ++k) {
+    T a[TM], b[TN];
+#pragma unroll
+    for (int g = 0; g < GM; ++g) lds4(as + k * (BM + kSimtPad) + g * (BM / GM) + ty * 4, &a[g * 4]);
+#pragma unroll
+    for (int g = 0; g < GN; ++g) lds4(bs + k * (BN + kSimtPad) + g * (BN / GN) + tx * 4, &b[g * 4]);
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+  }
+}
+
+// C = acc + bias for the block's BM x BN tile at (m0, n0), or the raw partial sums to
+// ws[blockIdx.z] when split-K (ws != nullptr).
+template <typename T, int BM, int BN, int TM, int TN>
+__device__ __forceinline__ void simt_epilogue(const T (&acc)[TM][TN], T* __restrict__ C,
+                                              const T* __restrict__ bias, T* __restrict__ ws,
+                                              int64_t M, int64_t N, int64_t m0, int64_t n0, int tx,
+                                              int ty) {
+  constexpr int GM = TM / 4, GN = TN / 4;
+  T* out = C;
+  const T* bptr = bias;
+  if (ws != nullptr) {
+    out = ws + static_cast<int64_t>(blockIdx.z) * M * N;
+    bptr = nullptr;
+  }
+  const bool vec_out = aligned16(out) && (N % 4 == 0);
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int64_t m = m0 + (i / 4) * (BM / GM) + ty * 4 + (i % 4);
+    if (m >= M) continue;
+    T* row = out + m * N;
+#pragma unroll
+    for (int g = 0; g < GN; ++g) {
+      const int64_t n = n0 + g * (BN / GN) + tx * 4;
+      T v[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        v[q] = acc[i][g * 4 + q];
+        if (bptr != nullptr && n + q < N) v[q] += bptr[n + q];
+      }
+      if (vec_out && n + 3 < N) {
+        stg4(row + n, v);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          if (n + q < N) row[n + q] = v[q];
+      }
+    }
+  }
+}
+
+// The K-tile range [kt_begin, kt_begin + nt) of split blockIdx.z.
+__device__ __forceinline__ int split_k_tiles(int64_t K, int BK, int kt_per_split, int64_t& kt_begin) {
+  const int64_t k_tiles = (K + BK - 1) / BK;
+  kt_begin = static_cast<int64_t>(blockIdx.z) * kt_per_split;
+  const int64_t kt_end = kt_begin + kt_per_split < k_tiles ? kt_begin + kt_per_split : k_tiles;
+  return kt_end > kt_begin ? static_cast<int>(kt_end - kt_begin) : 0;
+}
+
 template <typename T, int BM, int BN, int BK, int TM, int TN, bool A_KMAJ, bool B_KMAJ, int MINB>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)
     simt_gemm_kernel(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
                      const T* __restrict__ bias, T* __restrict__ ws, int64_t M, int64_t N,
                      int64_t K, int kt_per_split) {
   constexpr int NT = (BM / TM) * (BN / TN);
-  constexpr int PAD = 4;
+  constexpr int PAD = kSimtPad;
   constexpr int TXN = BN / TN;  // threads along n
-  constexpr int GM = TM / 4, GN = TN / 4;
   static_assert(TM % 4 == 0 && TN % 4 == 0, "thread tile must be a multiple of 4");
-  static_assert((BM / TM) * 4 * GM == BM && (BN / TN) * 4 * GN == BN, "bad tile config");
+  static_assert((BM / TM) * TM == BM && (BN / TN) * TN == BN, "bad tile config");
 
   __shared__ __align__(16) T As[2][BK][BM + PAD];
   __shared__ __align__(16) T Bs[2][BK][BN + PAD];
@@ -189,11 +343,8 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)
   const int ty = tid / TXN;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
-
-  const int64_t k_tiles = (K + BK - 1) / BK;
-  const int64_t kt_begin = static_cast<int64_t>(blockIdx.z) * kt_per_split;
-  const int64_t kt_end = kt_begin + kt_per_split < k_tiles ? kt_begin + kt_per_split : k_tiles;
-  const int nt = kt_end > kt_begin ? static_cast<int>(kt_end - kt_begin) : 0;
+  int64_t kt_begin;
+  const int nt = split_k_tiles(K, BK, kt_per_split, kt_begin);
 
   // A: [M][K] tile BM x BK (stored transposed) or [K][M] tile BK x BM.
   using LA = std::conditional_t<A_KMAJ, TileLoader<T, BM, BK, NT>, TileLoader<T, BK, BM, NT>>;
@@ -234,53 +385,102 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)
     const int cur = t & 1;
     const bool more = t + 1 < nt;
     if (more) load_tiles(kt_begin + t + 1);
-#pragma unroll
-    for (int k = 0; k < BK; ++k) {
-      T a[TM], b[TN];
-#pragma unroll
-      for (int g = 0; g < GM; ++g) lds4(&As[cur][k][g * (BM / GM) + ty * 4], &a[g * 4]);
-#pragma unroll
-      for (int g = 0; g < GN; ++g) lds4(&Bs[cur][k][g * (BN / GN) + tx * 4], &b[g * 4]);
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
-    }
+    simt_tile_fma<T, BM, BN, BK, TM, TN>(&As[cur][0][0], &Bs[cur][0][0], tx, ty, acc);
     if (more) store_tiles(cur ^ 1);
     __syncthreads();
   }
+  simt_epilogue<T, BM, BN, TM, TN>(acc, C, bias, ws, M, N, m0, n0, tx, ty);
+}
 
-  // Epilogue: partial sums to ws[z] (split-K), or C = acc + bias.
-  T* out = C;
-  const T* bptr = bias;
-  if (ws != nullptr) {
-    out = ws + static_cast<int64_t>(blockIdx.z) * M * N;
-    bptr = nullptr;
-  }
-  const bool vec_out = aligned16(out) && (N % 4 == 0);
+// cp.async a BMN x BK tile of an operand into its k-major stage s[k][BMN + pad]: the
+// operand is [MN][K] (KMAJ, k contiguous: the copies transpose it) or [K][MN], and the
+// tile starts at (mn0, k0). One element per copy, consecutive threads on consecutive
+// global addresses; elements outside the matrix are zero-filled.
+template <typename T, int BMN, int BK, int NT, bool KMAJ>
+__device__ __forceinline__ void simt_async_tile(T* s, const T* __restrict__ g, int64_t MN,
+                                                int64_t K, int64_t mn0, int64_t k0, int tid) {
+  constexpr int ELEMS = BMN * BK;
+  constexpr int PER = (ELEMS + NT - 1) / NT;
 #pragma unroll
-  for (int i = 0; i < TM; ++i) {
-    const int64_t m = m0 + (i / 4) * (BM / GM) + ty * 4 + (i % 4);
-    if (m >= M) continue;
-    T* row = out + m * N;
-#pragma unroll
-    for (int g = 0; g < GN; ++g) {
-      const int64_t n = n0 + g * (BN / GN) + tx * 4;
-      T v[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        v[q] = acc[i][g * 4 + q];
-        if (bptr != nullptr && n + q < N) v[q] += bptr[n + q];
-      }
-      if (vec_out && n + 3 < N) {
-        stg4(row + n, v);
-      } else {
-#pragma unroll
-        for (int q = 0; q < 4; ++q)
-          if (n + q < N) row[n + q] = v[q];
-      }
+  for (int i = 0; i < PER; ++i) {
+    const int e = tid + i * NT;
+    if (ELEMS % NT == 0 || e < ELEMS) {
+      const int mn = KMAJ ? e / BK : e % BMN;
+      const int k = KMAJ ? e % BK : e / BMN;
+      const int64_t gmn = mn0 + mn, gk = k0 + k;
+      const bool valid = gmn < MN && gk < K;
+      const T* src = KMAJ ? g + gmn * K + gk : g + gk * MN + gmn;
+      cp_async_elem(s + k * (BMN + kSimtPad) + mn, valid ? src : g, valid);
     }
   }
+}
+
+// Shared memory of simt_gemm_async_kernel: STAGES x (As[BK][BM + pad] + Bs[BK][BN + pad]).
+template <typename T, int BM, int BN, int BK, int STAGES>
+struct SimtAsyncCfg {
+  static constexpr int A_SZ = BK * (BM + kSimtPad);  // elements per stage
+  static constexpr int B_SZ = BK * (BN + kSimtPad);
+  static constexpr int SMEM_BYTES = STAGES * (A_SZ + B_SZ) * static_cast<int>(sizeof(T));
+  static_assert((A_SZ * sizeof(T)) % 16 == 0 && (B_SZ * sizeof(T)) % 16 == 0,
+                "stages must stay 16-byte aligned (16-byte shared loads)");
+};
+
+template <typename T, int BM, int BN, int BK, int TM, int TN, int STAGES, bool A_KMAJ, bool B_KMAJ>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+    simt_gemm_async_kernel(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
+                           const T* __restrict__ bias, T* __restrict__ ws, int64_t M, int64_t N,
+                           int64_t K, int kt_per_split) {
+  using Cfg = SimtAsyncCfg<T, BM, BN, BK, STAGES>;
+  constexpr int NT = (BM / TM) * (BN / TN);
+  constexpr int TXN = BN / TN;
+  static_assert(TM % 4 == 0 && TN % 4 == 0, "thread tile must be a multiple of 4");
+  static_assert((BM / TM) * TM == BM && (BN / TN) * TN == BN, "bad tile config");
+  static_assert(STAGES >= 2, "at least two stages");
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* As = reinterpret_cast<T*>(smem);  // [STAGES][A_SZ]
+  T* Bs = As + STAGES * Cfg::A_SZ;     // [STAGES][B_SZ]
+
+  const int tid = threadIdx.x;
+  const int tx = tid % TXN;
+  const int ty = tid / TXN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
+  int64_t kt_begin;
+  const int nt = split_k_tiles(K, BK, kt_per_split, kt_begin);
+
+  auto issue = [&](int64_t kt, int st) {
+    const int64_t k0 = kt * BK;
+    simt_async_tile<T, BM, BK, NT, A_KMAJ>(As + st * Cfg::A_SZ, A, M, K, m0, k0, tid);
+    simt_async_tile<T, BN, BK, NT, B_KMAJ>(Bs + st * Cfg::B_SZ, B, N, K, n0, k0, tid);
+  };
+
+  T acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+
+  // The ring of wmma_gemm_kernel's ASYNC path: tiles 0 .. STAGES-2 first (one commit
+  // group per tile; empty groups past the end keep the count uniform), then per tile:
+  // wait until tile t has landed, barrier (publishes it, and everyone is done with
+  // tile t-1's stage), refill that stage with tile t+STAGES-1, multiply tile t.
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < nt) issue(kt_begin + s, s);
+    cp_async_commit();
+  }
+  for (int t = 0; t < nt; ++t) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    const int nxt = t + STAGES - 1;
+    if (nxt < nt) issue(kt_begin + nxt, nxt % STAGES);
+    cp_async_commit();
+    const int st = t % STAGES;
+    simt_tile_fma<T, BM, BN, BK, TM, TN>(As + st * Cfg::A_SZ, Bs + st * Cfg::B_SZ, tx, ty, acc);
+  }
+  cp_async_wait<0>();  // only empty groups are left; nothing may be in flight at exit
+  simt_epilogue<T, BM, BN, TM, TN>(acc, C, bias, ws, M, N, m0, n0, tx, ty);
 }
 
 // ---------------------------------------------------------------------------
@@ -334,61 +534,6 @@ struct WmmaCfg {
                 "wmma tiles must stay 32-byte aligned");
 };
 
-// 16-byte global -> shared copy to the shared-space address `smem`; !valid: nothing
-// is read and the 16 bytes are zero-filled.
-__device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
-               "r"(valid ? 16 : 0)
-               : "memory");
-#elif defined(FASTNN_CUDA_EMULATOR)  // tests/cuda_emu: queued, lands at the wait
-  ::emu::cp_async16(smem, gmem, valid);
-#endif
-}
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  cp_async16(static_cast<uint32_t>(__cvta_generic_to_shared(smem)), gmem, valid);
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#elif defined(FASTNN_CUDA_EMULATOR)
-  ::emu::cp_async_commit();
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#elif defined(FASTNN_CUDA_EMULATOR)
-  ::emu::cp_async_wait(N);
-#endif
-}
-
-// Issue cp.async for a TR x TC tile of row-major g[R][C] at (r0, c0) into
-// s[r * pitch + c]. Requires C % VEC == 0 and g 16-byte aligned, so a chunk is
-// either entirely inside or entirely outside the matrix.
-template <typename S, int TR, int TC, int NT>
-__device__ __forceinline__ void async_tile(S* s, int pitch, const S* g, int64_t R, int64_t C,
-                                           int64_t r0, int64_t c0, int tid) {
-  constexpr int VEC = 16 / static_cast<int>(sizeof(S));
-  static_assert(TC % VEC == 0, "tile width must be a multiple of the vector width");
-  constexpr int CPR = TC / VEC;
-  constexpr int CHUNKS = TR * CPR;
-  constexpr int PER = (CHUNKS + NT - 1) / NT;
-#pragma unroll
-  for (int i = 0; i < PER; ++i) {
-    const int ch = tid + i * NT;
-    if ((CHUNKS % NT) == 0 || ch < CHUNKS) {
-      const int r = ch / CPR;
-      const int c = (ch % CPR) * VEC;
-      const int64_t gr = r0 + r;
-      const int64_t gc = c0 + c;
-      const bool valid = gr < R && gc < C;
-      cp_async16(s + r * pitch + c, valid ? g + gr * C + gc : g, valid);
-    }
-  }
-}
-
 // Blocks per SM the async (big) WMMA kernels are compiled for: 2 caps them at
 // 128 registers (16 warps per SM). ptxas -v (CUDA 13.0, sm_90): no spills
 // except bfloat16 "NN" (dx), 24 bytes of stack (4 LDL per K tile, L1 hits);
@@ -427,10 +572,8 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, ASYNC ? kAsyncMinB
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
 
-  const int64_t k_tiles = (K + BK - 1) / BK;
-  const int64_t kt_begin = static_cast<int64_t>(blockIdx.z) * kt_per_split;
-  const int64_t kt_end = kt_begin + kt_per_split < k_tiles ? kt_begin + kt_per_split : k_tiles;
-  const int nt = kt_end > kt_begin ? static_cast<int>(kt_end - kt_begin) : 0;
+  int64_t kt_begin;
+  const int nt = split_k_tiles(K, BK, kt_per_split, kt_begin);
 
   constexpr int VEC = 16 / static_cast<int>(sizeof(T));
   const S* Ar = reinterpret_cast<const S*>(A);

@@ -11,19 +11,22 @@
 // Generic GEMM: C[M,N] = sum_k A(m,k) B(k,n) (+ bias[n] in the epilogue).
 //
 // Kernels (all in gemm.cuh):
-//   * float32 (TF32 off) and float64: simt_gemm_kernel, a shared-memory tiled
-//     CUDA-core GEMM accumulating in the type itself.
+//   * float32 (TF32 off) and float64: a shared-memory tiled CUDA-core GEMM
+//     accumulating in the type itself.
 //       float32 "big"  : block 128x128, BK 8, 256 threads, 8x8 per thread (two
 //                        4-wide row groups and column groups: 16-byte LDS), 2 blocks/SM
 //       float64 "mid"  : block 64x64, BK 8, 256 threads, 4x4 per thread
 //       "small" (both) : block 32x32, BK 16, 64 threads, 4x4 per thread
 //     Shared memory holds both operands k-major (As[k][m], Bs[k][n], rows
-//     padded by 4 elements), double buffered: the next K tile is fetched into
-//     registers (16-byte loads when the row length is a multiple of 16 bytes
-//     and the base is aligned, guarded scalar loads otherwise / at edges) while
-//     the current one is multiplied, then stored to the other buffer; one
-//     __syncthreads per K tile. k-contiguous operands are transposed on the
-//     store into shared memory.
+//     padded by 4 elements). "big" and "mid" (simt_gemm_kernel) double-buffer
+//     it: the next K tile is fetched into registers (16-byte loads when the row
+//     length is a multiple of 16 bytes and the base is aligned, guarded scalar
+//     loads otherwise / at edges) while the current one is multiplied, then
+//     stored to the other buffer (k-contiguous operands transposed on the
+//     store); one __syncthreads per K tile. "small" (simt_gemm_async_kernel)
+//     is for latency-bound problems: a 4-stage ring of cp.async element copies
+//     (transposing as they land; any alignment), so three K tiles are in flight
+//     while one is multiplied instead of one global round trip per K tile.
 //   * float16 / bfloat16 (and float32 when torch.backends.cuda.matmul.allow_tf32,
 //     i.e. at::globalContext().allowTF32CuBLAS(), as TF32): wmma_gemm_kernel,
 //     WMMA 16x16x16 (TF32: 16x16x8) with float32 accumulators.
@@ -32,8 +35,9 @@
 //                 2 blocks/SM); used when the output has >= 16 tiles and both
 //                 operands are 16-byte aligned with rows a multiple of 16 bytes
 //       "small" : block 64x64, BK 32 (TF32: 16), 4 warps of 32x32 (2x2
-//                 fragments), register-staged double buffer (any alignment,
-//                 guarded edges); used for everything else
+//                 fragments), the same 4-stage cp.async ring when the operands
+//                 qualify (as for "big"), else a register-staged double buffer
+//                 (any alignment, guarded edges); used for everything else
 //     Operands stay in their global orientation in shared memory (16-byte row
 //     padding, so the WMMA loads are conflict-light); the epilogue stages each
 //     16x16 accumulator through shared memory, adds the bias in float32 and
@@ -201,6 +205,19 @@ void run_simt(const GemmProblem& p) {
                                   gemm::simt_gemm_kernel<T, BM, BN, BK, TM, TN, true, false, MINB>,
                                   gemm::simt_gemm_kernel<T, BM, BN, BK, TM, TN, false, false, MINB>,
                                   /*smem=*/0);
+}
+
+// The small SIMT configurations: a cp.async ring (latency-bound problems, see gemm.cuh).
+template <typename T, int BM, int BN, int BK, int TM, int TN, int STAGES>
+void run_simt_async(const GemmProblem& p) {
+  constexpr int NT = (BM / TM) * (BN / TN);
+  constexpr int smem = gemm::SimtAsyncCfg<T, BM, BN, BK, STAGES>::SMEM_BYTES;
+  static_assert(smem <= 48 * 1024, "the small SIMT ring must fit the default shared-memory limit");
+  run_tiled<T, T, BM, BN, BK, NT>(
+      p, /*min_kt: >= 128 K per split*/ std::max(1, 128 / BK),
+      gemm::simt_gemm_async_kernel<T, BM, BN, BK, TM, TN, STAGES, true, true>,
+      gemm::simt_gemm_async_kernel<T, BM, BN, BK, TM, TN, STAGES, true, false>,
+      gemm::simt_gemm_async_kernel<T, BM, BN, BK, TM, TN, STAGES, false, false>, smem);
 }
 
 // Raises the dynamic shared-memory limit of `fn` once per device (needed above 48 KB).
@@ -448,8 +465,11 @@ void run_wgmma(const GemmProblem& p, const WgmmaChoice& c) {
 template <typename T>
 void run_tensor_core(const GemmProblem& p) {
   constexpr int BK = sizeof(T) == 2 ? 32 : 16;
-  if (tiles_of(p, 128, 128) >= 16 && async_ok(p, sizeof(T)))
+  const bool async = async_ok(p, sizeof(T));
+  if (tiles_of(p, 128, 128) >= 16 && async)
     run_wmma<T, 128, 128, BK, 64, 32, 4, true>(p);
+  else if (async)
+    run_wmma<T, 64, 64, BK, 32, 32, 4, true>(p);
   else
     run_wmma<T, 64, 64, BK, 32, 32, 2, false>(p);
 }
@@ -469,12 +489,12 @@ void run_gemm(at::ScalarType dtype, const GemmProblem& p) {
         run_tensor_core<float>(p);  // TF32 tensor cores, like native matmul
       } else {
         if (tiles_of(p, 128, 128) >= 16) run_simt<float, 128, 128, 8, 8, 8, 2>(p);
-        else run_simt<float, 32, 32, 16, 4, 4, 1>(p);
+        else run_simt_async<float, 32, 32, 16, 4, 4, 4>(p);
       }
       break;
     case at::kDouble:
       if (tiles_of(p, 64, 64) >= 32) run_simt<double, 64, 64, 8, 4, 4, 1>(p);
-      else run_simt<double, 32, 32, 16, 4, 4, 1>(p);
+      else run_simt_async<double, 32, 32, 16, 4, 4, 4>(p);
       break;
     case at::kHalf:
       run_tensor_core<__half>(p);

@@ -283,10 +283,11 @@ inline void switch_context(Context& from, Context& to, bool exiting = false) {
   asan_after_switch(fake, from.stack.size ? &scheduler_stack() : nullptr);
 }
 
-// One 16-byte cp.async: done when a later cp.async.wait_group retires its group.
+// One cp.async (4, 8 or 16 bytes): done when a later cp.async.wait_group retires its group.
 struct AsyncCopy {
   void* dst;
   const void* src;
+  size_t bytes;
   bool valid;  // false: zero-fill, nothing read
 };
 
@@ -485,8 +486,8 @@ inline T shuffle(T var, int width, SrcLane src_of) {
 // at any time until the wait), so a read of a stage before its wait, or a stage still
 // being read (by wgmma) when a copy into it is issued, sees the poison, not the data.
 inline void do_copy(const AsyncCopy& c) {
-  if (c.valid) std::memcpy(c.dst, c.src, 16);
-  else std::memset(c.dst, 0, 16);
+  if (c.valid) std::memcpy(c.dst, c.src, c.bytes);
+  else std::memset(c.dst, 0, c.bytes);
 }
 inline uint32_t shared_offset(const void* p) {
   Launch& L = *current_launch();
@@ -496,15 +497,22 @@ inline uint32_t shared_offset(const void* p) {
     throw std::runtime_error("cuda emulator: shared-memory address outside dynamic shared memory");
   return static_cast<uint32_t>(q - base);
 }
-inline void cp_async16(uint32_t smem, const void* gmem, bool valid) {
+// cp.async of `bytes` (4, 8 or 16; both addresses aligned to it) into dynamic shared memory.
+inline void cp_async(uint32_t smem, const void* gmem, size_t bytes, bool valid) {
   Launch& L = *current_launch();
-  if ((smem & 15u) != 0 || (valid && (reinterpret_cast<uintptr_t>(gmem) & 15u) != 0))
-    throw std::runtime_error("cuda emulator: cp.async of 16 bytes with a misaligned address");
-  if (smem + 16 > L.smem_bytes)
+  if (bytes != 4 && bytes != 8 && bytes != 16)
+    throw std::runtime_error("cuda emulator: cp.async copies 4, 8 or 16 bytes");
+  if (smem % bytes != 0 || (valid && reinterpret_cast<uintptr_t>(gmem) % bytes != 0))
+    throw std::runtime_error("cuda emulator: cp.async of " + std::to_string(bytes) +
+                             " bytes with a misaligned address");
+  if (smem + bytes > L.smem_bytes)
     throw std::runtime_error("cuda emulator: cp.async past the end of dynamic shared memory");
   void* dst = L.smem + smem;
-  std::memset(dst, 0xff, 16);
-  me().copies.open.push_back({dst, gmem, valid});
+  std::memset(dst, 0xff, bytes);
+  me().copies.open.push_back({dst, gmem, bytes, valid});
+}
+inline void cp_async16(uint32_t smem, const void* gmem, bool valid) {
+  cp_async(smem, gmem, 16, valid);
 }
 inline void cp_async_commit() { me().copies.commit(); }
 inline void cp_async_wait(int pending) { me().copies.retire(pending, do_copy); }
