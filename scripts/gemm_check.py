@@ -12,9 +12,10 @@ shapes, against a float64 reference computed from the same (rounded) inputs:
     err = max |out - ref| / (|A|.|B| + tiny)     (elementwise, so cancellation is fine)
 Outputs are allocated in memory poisoned with NaN first (to catch unwritten
 elements); results must be bitwise identical run to run, and a CUDA-graph
-replay must match eager. Then times fastnn against native (F.linear / torch.mm)
-with CUDA events (warm-up, median of >= 20 samples). Exits 1 on any
-correctness failure.
+replay must match eager. Then times fastnn against native (F.linear / torch.mm):
+the MNIST layers by their kernels' device time (torch.profiler), the rest with
+CUDA events (warm-up, median of >= 20 samples). Exits 1 on any correctness
+failure.
 """
 import argparse
 import os
@@ -233,6 +234,39 @@ def bench():
     set_tf32(False)
 
 
+def device_us(fn):
+    """(us of kernels, kernels) per call of fn: benchmarks.common.kernel_time (torch.profiler)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.common import kernel_time
+    t = kernel_time([fn], "cuda")
+    return t["kernel_s"] * 1e6, t["kernels_per_call"]
+
+
+def bench_small():
+    """The MNIST layers at batch 64 are latency-bound: what counts is the kernels' own
+    device time, not the per-call time (launch overhead), so it is measured here."""
+    print("\nMNIST layers, batch 64: device time per call (torch.profiler, kernels only), us (kernels)")
+    print(f"  {'mode':8s} {'M x K x N':14s} {'op':4s} {'fastnn':>14s} {'native':>14s} {'ratio':>6s}")
+    for mode in ("float32", "tf32", "float16", "bfloat16"):
+        dt = DTYPE[mode]
+        set_tf32(mode == "tf32")
+        for M, K, N in ((64, 784, 256), (64, 256, 128), (64, 128, 64), (64, 64, 10)):
+            x = torch.randn(M, K, device="cuda", dtype=dt)
+            w = torch.randn(N, K, device="cuda", dtype=dt)
+            b = torch.randn(N, device="cuda", dtype=dt)
+            dy = torch.randn(M, N, device="cuda", dtype=dt)
+            rows = [
+                ("fwd", lambda: fwd(x, w, b), lambda: F.linear(x, w, b)),
+                ("dx", lambda: bwd(dy, x, w, (True, False, False)), lambda: torch.mm(dy, w)),
+                ("dW", lambda: bwd(dy, x, w, (False, True, False)), lambda: torch.mm(dy.t(), x)),
+            ]
+            for op, ours, native in rows:
+                (t1, k1), (t2, k2) = (device_us(fn) for fn in (ours, native))
+                print(f"  {mode:8s} {f'{M}x{K}x{N}':14s} {op:4s} {f'{t1:.2f} ({k1:.0f})':>14s} "
+                      f"{f'{t2:.2f} ({k2:.0f})':>14s} {t2 / t1:6.2f}", flush=True)
+    set_tf32(False)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", help="load this shared library instead of `import fastnn`")
@@ -275,6 +309,7 @@ def main():
     check_graph()
     torch.cuda.synchronize()
     if not args.no_bench:
+        bench_small()
         bench()
     if FAILURES:
         print(f"\n{len(FAILURES)} FAILURE(S)")
