@@ -218,6 +218,35 @@ __device__ __forceinline__ void async_tile(S* s, int pitch, const S* g, int64_t 
 }
 
 
+// The K loop over a STAGES-deep ring of cp.async stages, for nt K tiles starting at
+// kt_begin: issue(kt, stage) queues tile kt's copies into a stage, multiply(stage)
+// consumes one. Tiles 0 .. STAGES-2 are issued first, one commit group per tile (empty
+// groups past the end keep the count uniform). Then, per tile t, STAGES-1+t groups
+// have been committed: waiting until at most STAGES-2 are pending means tiles 0..t
+// have landed (for this thread); the barrier publishes them to every thread and
+// guarantees everyone is done with tile t-1's stage, which is then refilled with tile
+// t+STAGES-1 while tile t is multiplied. Returns with no copy in flight; the caller
+// needs a barrier before it reuses the stages.
+template <int STAGES, typename Issue, typename Multiply>
+__device__ __forceinline__ void cp_async_k_loop(int nt, int64_t kt_begin, Issue&& issue,
+                                                Multiply&& multiply) {
+  static_assert(STAGES >= 2, "at least two stages");
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < nt) issue(kt_begin + s, s);
+    cp_async_commit();
+  }
+  for (int t = 0; t < nt; ++t) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    const int nxt = t + STAGES - 1;
+    if (nxt < nt) issue(kt_begin + nxt, nxt % STAGES);
+    cp_async_commit();
+    multiply(t % STAGES);
+  }
+  cp_async_wait<0>();
+}
+
 // 4 consecutive shared-memory elements (16-byte aligned for float, 32 for double).
 __device__ __forceinline__ void lds4(const float* p, float* o) {
   const float4 t = *reinterpret_cast<const float4*>(p);
@@ -324,27 +353,38 @@ __device__ __forceinline__ int split_k_tiles(int64_t K, int BK, int kt_per_split
   return kt_end > kt_begin ? static_cast<int>(kt_end - kt_begin) : 0;
 }
 
+// Where one thread of a SIMT GEMM block works: (tx, ty) in the block's (BN/TN) x (BM/TM)
+// thread grid, the origin (m0, n0) of the block's C tile, and the K tiles
+// [kt_begin, kt_begin + nt) of its split.
+template <int BM, int BN, int BK, int TM, int TN>
+struct SimtThread {
+  static constexpr int NT = (BM / TM) * (BN / TN);  // threads per block
+  static_assert(TM % 4 == 0 && TN % 4 == 0, "thread tile must be a multiple of 4");
+  static_assert((BM / TM) * TM == BM && (BN / TN) * TN == BN, "bad tile config");
+  int tid, tx, ty, nt;
+  int64_t m0, n0, kt_begin;
+  __device__ __forceinline__ SimtThread(int64_t K, int kt_per_split)
+      : tid(static_cast<int>(threadIdx.x)), tx(tid % (BN / TN)), ty(tid / (BN / TN)),
+        m0(static_cast<int64_t>(blockIdx.x) * BM), n0(static_cast<int64_t>(blockIdx.y) * BN) {
+    nt = split_k_tiles(K, BK, kt_per_split, kt_begin);
+  }
+};
+
 template <typename T, int BM, int BN, int BK, int TM, int TN, bool A_KMAJ, bool B_KMAJ, int MINB>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)
     simt_gemm_kernel(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
                      const T* __restrict__ bias, T* __restrict__ ws, int64_t M, int64_t N,
                      int64_t K, int kt_per_split) {
-  constexpr int NT = (BM / TM) * (BN / TN);
+  using Th = SimtThread<BM, BN, BK, TM, TN>;
+  constexpr int NT = Th::NT;
   constexpr int PAD = kSimtPad;
-  constexpr int TXN = BN / TN;  // threads along n
-  static_assert(TM % 4 == 0 && TN % 4 == 0, "thread tile must be a multiple of 4");
-  static_assert((BM / TM) * TM == BM && (BN / TN) * TN == BN, "bad tile config");
 
   __shared__ __align__(16) T As[2][BK][BM + PAD];
   __shared__ __align__(16) T Bs[2][BK][BN + PAD];
 
-  const int tid = threadIdx.x;
-  const int tx = tid % TXN;
-  const int ty = tid / TXN;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
-  int64_t kt_begin;
-  const int nt = split_k_tiles(K, BK, kt_per_split, kt_begin);
+  const Th th(K, kt_per_split);
+  const int tid = th.tid;
+  const int64_t m0 = th.m0, n0 = th.n0;
 
   // A: [M][K] tile BM x BK (stored transposed) or [K][M] tile BK x BM.
   using LA = std::conditional_t<A_KMAJ, TileLoader<T, BM, BK, NT>, TileLoader<T, BK, BM, NT>>;
@@ -369,14 +409,11 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)
     else        lb.store(&Bs[buf][0][0], BN + PAD, tid);
   };
 
-  T acc[TM][TN];
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+  T acc[TM][TN] = {};
 
+  const int nt = th.nt;
   if (nt > 0) {
-    load_tiles(kt_begin);
+    load_tiles(th.kt_begin);
     store_tiles(0);
   }
   __syncthreads();
@@ -384,12 +421,12 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)
   for (int t = 0; t < nt; ++t) {
     const int cur = t & 1;
     const bool more = t + 1 < nt;
-    if (more) load_tiles(kt_begin + t + 1);
-    simt_tile_fma<T, BM, BN, BK, TM, TN>(&As[cur][0][0], &Bs[cur][0][0], tx, ty, acc);
+    if (more) load_tiles(th.kt_begin + t + 1);
+    simt_tile_fma<T, BM, BN, BK, TM, TN>(&As[cur][0][0], &Bs[cur][0][0], th.tx, th.ty, acc);
     if (more) store_tiles(cur ^ 1);
     __syncthreads();
   }
-  simt_epilogue<T, BM, BN, TM, TN>(acc, C, bias, ws, M, N, m0, n0, tx, ty);
+  simt_epilogue<T, BM, BN, TM, TN>(acc, C, bias, ws, M, N, m0, n0, th.tx, th.ty);
 }
 
 // cp.async a BMN x BK tile of an operand into its k-major stage s[k][BMN + pad]: the
@@ -431,56 +468,24 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN))
                            const T* __restrict__ bias, T* __restrict__ ws, int64_t M, int64_t N,
                            int64_t K, int kt_per_split) {
   using Cfg = SimtAsyncCfg<T, BM, BN, BK, STAGES>;
-  constexpr int NT = (BM / TM) * (BN / TN);
-  constexpr int TXN = BN / TN;
-  static_assert(TM % 4 == 0 && TN % 4 == 0, "thread tile must be a multiple of 4");
-  static_assert((BM / TM) * TM == BM && (BN / TN) * TN == BN, "bad tile config");
-  static_assert(STAGES >= 2, "at least two stages");
+  using Th = SimtThread<BM, BN, BK, TM, TN>;
 
   extern __shared__ __align__(16) unsigned char smem[];
   T* As = reinterpret_cast<T*>(smem);  // [STAGES][A_SZ]
   T* Bs = As + STAGES * Cfg::A_SZ;     // [STAGES][B_SZ]
 
-  const int tid = threadIdx.x;
-  const int tx = tid % TXN;
-  const int ty = tid / TXN;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
-  int64_t kt_begin;
-  const int nt = split_k_tiles(K, BK, kt_per_split, kt_begin);
-
+  const Th th(K, kt_per_split);
   auto issue = [&](int64_t kt, int st) {
     const int64_t k0 = kt * BK;
-    simt_async_tile<T, BM, BK, NT, A_KMAJ>(As + st * Cfg::A_SZ, A, M, K, m0, k0, tid);
-    simt_async_tile<T, BN, BK, NT, B_KMAJ>(Bs + st * Cfg::B_SZ, B, N, K, n0, k0, tid);
+    simt_async_tile<T, BM, BK, Th::NT, A_KMAJ>(As + st * Cfg::A_SZ, A, M, K, th.m0, k0, th.tid);
+    simt_async_tile<T, BN, BK, Th::NT, B_KMAJ>(Bs + st * Cfg::B_SZ, B, N, K, th.n0, k0, th.tid);
   };
 
-  T acc[TM][TN];
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
-
-  // The ring of wmma_gemm_kernel's ASYNC path: tiles 0 .. STAGES-2 first (one commit
-  // group per tile; empty groups past the end keep the count uniform), then per tile:
-  // wait until tile t has landed, barrier (publishes it, and everyone is done with
-  // tile t-1's stage), refill that stage with tile t+STAGES-1, multiply tile t.
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < nt) issue(kt_begin + s, s);
-    cp_async_commit();
-  }
-  for (int t = 0; t < nt; ++t) {
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();
-    const int nxt = t + STAGES - 1;
-    if (nxt < nt) issue(kt_begin + nxt, nxt % STAGES);
-    cp_async_commit();
-    const int st = t % STAGES;
-    simt_tile_fma<T, BM, BN, BK, TM, TN>(As + st * Cfg::A_SZ, Bs + st * Cfg::B_SZ, tx, ty, acc);
-  }
-  cp_async_wait<0>();  // only empty groups are left; nothing may be in flight at exit
-  simt_epilogue<T, BM, BN, TM, TN>(acc, C, bias, ws, M, N, m0, n0, tx, ty);
+  T acc[TM][TN] = {};
+  cp_async_k_loop<STAGES>(th.nt, th.kt_begin, issue, [&](int st) {
+    simt_tile_fma<T, BM, BN, BK, TM, TN>(As + st * Cfg::A_SZ, Bs + st * Cfg::B_SZ, th.tx, th.ty, acc);
+  });
+  simt_epilogue<T, BM, BN, TM, TN>(acc, C, bias, ws, M, N, th.m0, th.n0, th.tx, th.ty);
 }
 
 // ---------------------------------------------------------------------------
@@ -629,25 +634,7 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, ASYNC ? kAsyncMinB
       if (B_KMAJ) async_tile<S, BN, BK, NT>(bs, B_PITCH, Br, N, K, n0, k0, tid);
       else        async_tile<S, BK, BN, NT>(bs, B_PITCH, Br, K, N, k0, n0, tid);
     };
-    // Prologue: tiles 0 .. STAGES-2 (one commit group per tile, empty groups
-    // past the end keep the group count uniform).
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-      if (s < nt) issue(kt_begin + s, s);
-      cp_async_commit();
-    }
-    for (int t = 0; t < nt; ++t) {
-      // Groups committed so far: STAGES-1+t; allowing STAGES-2 pending means
-      // tiles 0..t have landed (for this thread); the barrier publishes them to
-      // all threads and guarantees everyone is done with tile t-1's stage.
-      cp_async_wait<STAGES - 2>();
-      __syncthreads();
-      const int nxt = t + STAGES - 1;
-      if (nxt < nt) issue(kt_begin + nxt, nxt % STAGES);
-      cp_async_commit();
-      mma_stage(t % STAGES);
-    }
-    cp_async_wait<0>();
+    cp_async_k_loop<STAGES>(nt, kt_begin, issue, mma_stage);
     __syncthreads();  // operand buffers are free for the epilogue
   } else {
     using LA = std::conditional_t<A_KMAJ, TileLoader<S, BM, BK, NT>, TileLoader<S, BK, BM, NT>>;
