@@ -15,6 +15,7 @@ Environment:
 """
 import glob
 import os
+import re
 import shutil
 import sys
 
@@ -117,6 +118,12 @@ if cuda_home:
     extra["nvcc"] = opt + defines + ["-DFASTNN_WITH_CUDA", "-lineinfo",
                                      "--expt-relaxed-constexpr"]
     archs = {a.split("+")[0] for a in os.environ["TORCH_CUDA_ARCH_LIST"].replace(" ", ";").split(";")}
+    numbered = {a: re.match(r"\d+\.\d+", a) for a in archs}  # names like "Ampere" are >= 8.0
+    too_old = sorted(a for a, m in numbered.items() if m and float(m.group()) < 8.0)
+    if too_old:
+        sys.exit(f"fastnn's CUDA kernels need compute capability 8.0 or newer, but TORCH_CUDA_ARCH_LIST "
+                 f"names {', '.join(too_old)}. Set TORCH_CUDA_ARCH_LIST to 8.0 or above, or FASTNN_CUDA=0 "
+                 "to build the CPU kernels only.")
     if "9.0a" in archs and "9.0" not in archs:
         # Only then is the machine code a 9.0 GPU runs the sm_90a build (with both,
         # which one the driver picks is not specified).

@@ -13,9 +13,10 @@ shapes, against a float64 reference computed from the same (rounded) inputs:
 Outputs are allocated in memory poisoned with NaN first (to catch unwritten
 elements); results must be bitwise identical run to run, and a CUDA-graph
 replay must match eager. Then times fastnn against native (F.linear / torch.mm):
-the MNIST layers by their kernels' device time (torch.profiler), the rest with
-CUDA events (warm-up, median of >= 20 samples). Exits 1 on any correctness
-failure.
+the MNIST layers by their kernels' device time (torch.profiler), also under each
+split-K cap (FASTNN_GEMM_MAX_SPLITS = 1, 2, 4 and unset, for tuning the split
+policy), the rest with CUDA events (warm-up, median of >= 20 samples). Exits 1 on
+any correctness failure.
 """
 import argparse
 import os
@@ -242,29 +243,79 @@ def device_us(fn):
     return t["kernel_s"] * 1e6, t["kernels_per_call"]
 
 
+MNIST_LAYERS = ((64, 784, 256), (64, 256, 128), (64, 128, 64), (64, 64, 10))  # (M, K, N)
+
+
+def small_rows(mode, M, K, N):
+    """(op, fastnn call, native call) for one MNIST layer: forward, dx and dW."""
+    dt = DTYPE[mode]
+    x = torch.randn(M, K, device="cuda", dtype=dt)
+    w = torch.randn(N, K, device="cuda", dtype=dt)
+    b = torch.randn(N, device="cuda", dtype=dt)
+    dy = torch.randn(M, N, device="cuda", dtype=dt)
+    return [
+        ("fwd", lambda: fwd(x, w, b), lambda: F.linear(x, w, b)),
+        ("dx", lambda: bwd(dy, x, w, (True, False, False)), lambda: torch.mm(dy, w)),
+        ("dW", lambda: bwd(dy, x, w, (False, True, False)), lambda: torch.mm(dy.t(), x)),
+    ]
+
+
+SMALL_MODES = ("float32", "tf32", "float16", "bfloat16")
+
+
 def bench_small():
     """The MNIST layers at batch 64 are latency-bound: what counts is the kernels' own
     device time, not the per-call time (launch overhead), so it is measured here."""
     print("\nMNIST layers, batch 64: device time per call (torch.profiler, kernels only), us (kernels)")
     print(f"  {'mode':8s} {'M x K x N':14s} {'op':4s} {'fastnn':>14s} {'native':>14s} {'ratio':>6s}")
-    for mode in ("float32", "tf32", "float16", "bfloat16"):
-        dt = DTYPE[mode]
+    for mode in SMALL_MODES:
         set_tf32(mode == "tf32")
-        for M, K, N in ((64, 784, 256), (64, 256, 128), (64, 128, 64), (64, 64, 10)):
-            x = torch.randn(M, K, device="cuda", dtype=dt)
-            w = torch.randn(N, K, device="cuda", dtype=dt)
-            b = torch.randn(N, device="cuda", dtype=dt)
-            dy = torch.randn(M, N, device="cuda", dtype=dt)
-            rows = [
-                ("fwd", lambda: fwd(x, w, b), lambda: F.linear(x, w, b)),
-                ("dx", lambda: bwd(dy, x, w, (True, False, False)), lambda: torch.mm(dy, w)),
-                ("dW", lambda: bwd(dy, x, w, (False, True, False)), lambda: torch.mm(dy.t(), x)),
-            ]
-            for op, ours, native in rows:
+        for M, K, N in MNIST_LAYERS:
+            for op, ours, native in small_rows(mode, M, K, N):
                 (t1, k1), (t2, k2) = (device_us(fn) for fn in (ours, native))
                 print(f"  {mode:8s} {f'{M}x{K}x{N}':14s} {op:4s} {f'{t1:.2f} ({k1:.0f})':>14s} "
                       f"{f'{t2:.2f} ({k2:.0f})':>14s} {t2 / t1:6.2f}", flush=True)
     set_tf32(False)
+
+
+SPLIT_CAPS = ("1", "2", "4", "")  # FASTNN_GEMM_MAX_SPLITS; "": unset (the policy's own choice)
+
+
+def small_times_json():
+    """fastnn's device time per MNIST-layer product, as one JSON line (a --split-sweep child)."""
+    import json
+    out = []
+    for mode in SMALL_MODES:
+        set_tf32(mode == "tf32")
+        for M, K, N in MNIST_LAYERS:
+            for op, ours, _ in small_rows(mode, M, K, N):
+                out.append([mode, f"{M}x{K}x{N}", op, *device_us(ours)])
+    set_tf32(False)
+    print(json.dumps(out))
+
+
+def split_sweep(lib=None):
+    """The MNIST layers' device time under each split-K cap (FASTNN_GEMM_MAX_SPLITS is read
+    once per process, so each cap runs in a child): the data for tuning the split policy."""
+    import json
+    import subprocess
+    runs = []
+    for cap in SPLIT_CAPS:
+        env = dict(os.environ, FASTNN_GEMM_MAX_SPLITS=cap)
+        cmd = [sys.executable, os.path.abspath(__file__), "--small-json"] + (["--lib", lib] if lib else [])
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            fail(f"split sweep child (FASTNN_GEMM_MAX_SPLITS={cap!r}) failed: {r.stderr[-2000:]}")
+            return
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    print("\nMNIST layers, fastnn device time per call (us (kernels)) by split-K cap "
+          "(FASTNN_GEMM_MAX_SPLITS)")
+    print(f"  {'mode':8s} {'M x K x N':14s} {'op':4s}"
+          + "".join(f"{(c or 'policy'):>14s}" for c in SPLIT_CAPS))
+    for rows in zip(*runs):
+        mode, shape, op = rows[0][:3]
+        print(f"  {mode:8s} {shape:14s} {op:4s}"
+              + "".join(f"{f'{t:.2f} ({k:.0f})':>14s}" for *_, t, k in rows), flush=True)
 
 
 def main():
@@ -272,6 +323,7 @@ def main():
     ap.add_argument("--lib", help="load this shared library instead of `import fastnn`")
     ap.add_argument("--no-bench", action="store_true")
     ap.add_argument("--no-big", action="store_true", help="skip the 4096^3 correctness cases")
+    ap.add_argument("--small-json", action="store_true", help=argparse.SUPPRESS)  # split_sweep's child
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gemm_check.py needs a CUDA GPU")
@@ -279,6 +331,8 @@ def main():
         torch.ops.load_library(args.lib)
     else:
         import fastnn  # noqa: F401  (registers torch.ops.fastnn.*)
+    if args.small_json:
+        return small_times_json()
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, "
           f"FASTNN_WGMMA={os.environ.get('FASTNN_WGMMA') or 'unset (wgmma for large products)'}",
           flush=True)
@@ -310,6 +364,7 @@ def main():
     torch.cuda.synchronize()
     if not args.no_bench:
         bench_small()
+        split_sweep(args.lib)
         bench()
     if FAILURES:
         print(f"\n{len(FAILURES)} FAILURE(S)")

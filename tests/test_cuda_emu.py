@@ -312,6 +312,54 @@ def test_linear_tf32(E, shape):
     assert not torch.equal(y, E.linear_forward(x, w, b))
 
 
+_SPLIT_CHILD = r"""
+import hashlib, sys, torch
+sys.path.insert(0, sys.argv[1])
+import build
+E = build.load()
+g = torch.Generator().manual_seed(0)
+x, w, b = torch.randn(64, 784, generator=g), torch.randn(64, 784, generator=g), torch.randn(64, generator=g)
+before = torch.ops.fastnn_emu_rt.launches("splitk_reduce_kernel")
+y = E.linear_forward(x, w, b)
+reduces = torch.ops.fastnn_emu_rt.launches("splitk_reduce_kernel") - before
+err = ((y.double() - (x.double() @ w.double().t() + b.double())).abs()
+       / (x.double().abs() @ w.double().abs().t())).max().item()
+print(reduces, err, hashlib.sha256(y.numpy().tobytes()).hexdigest())
+"""
+
+
+def _run_split_child(cap):
+    import subprocess
+    env = dict(os.environ)
+    env.pop("FASTNN_GEMM_MAX_SPLITS", None)
+    if cap is not None:
+        env["FASTNN_GEMM_MAX_SPLITS"] = cap
+    return subprocess.run([sys.executable, "-c", _SPLIT_CHILD, str(Path(__file__).parent / "cuda_emu")],
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_linear_split_cap(E):
+    # FASTNN_GEMM_MAX_SPLITS caps split-K (to tune the policy on a GPU), read once per
+    # process, so each setting runs in a child. 64 x 784 x 64 float32: 4 output tiles of
+    # 32 x 32 and 49 K tiles of 16, so the policy splits K 6 ways (>= 8 tiles each) and
+    # reduces once. Capped at 2 it still reduces once, but over 2 partial sums (other
+    # rounding, so other bits); capped at 1 it does not split. Every result is within
+    # float32 rounding of the exact product.
+    runs = {}
+    for cap in (None, "2", "1"):
+        r = _run_split_child(cap)
+        assert r.returncode == 0, r.stderr[-3000:]
+        reduces, err, digest = r.stdout.split()
+        assert float(err) < 1e-5, (cap, err)
+        runs[cap] = int(reduces), digest
+    assert [runs[c][0] for c in (None, "2", "1")] == [1, 1, 0], runs
+    assert len({digest for _, digest in runs.values()}) == 3, runs
+    for bad in ("0", "33", "two"):
+        r = _run_split_child(bad)
+        assert r.returncode != 0 and "FASTNN_GEMM_MAX_SPLITS must be an integer from 1 to 32" in r.stderr, \
+            r.stderr[-2000:]
+
+
 # ----------------------------------------------------------------------------------------
 # The Hopper wgmma GEMMs (gemm_sm90.cuh; FASTNN_WGMMA=all / tma-all sends every product
 # to the cp.async / TMA kernel): the 128-byte-swizzled stages, the matrix descriptors

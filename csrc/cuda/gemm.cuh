@@ -11,9 +11,11 @@
 //   backward dW = dy^T . x : !A_KMAJ, !B_KMAJ      ("TN")
 //
 // Kernels: simt_gemm_kernel (float / double, CUDA cores, register-staged double
-// buffer), wmma_gemm_kernel (half / bfloat16 / TF32 tensor cores; ASYNC = a
-// STAGES-deep cp.async ring, else register-staged), splitk_reduce_kernel,
+// buffer: many tiles), simt_gemm_async_kernel (the same multiply fed by a STAGES-deep
+// cp.async ring: few tiles), wmma_gemm_kernel (half / bfloat16 / TF32 tensor cores;
+// ASYNC = a STAGES-deep cp.async ring, else register-staged), splitk_reduce_kernel,
 // colsum_kernel (grad_bias), transpose_kernel (the wgmma GEMM's K-contiguous copies).
+// Needs compute capability 8.0 or newer (cp.async, TF32 WMMA).
 //
 // Split-K: blockIdx.z selects a contiguous range of `kt_per_split` K tiles. With
 // more than one split the kernel writes raw partial sums (no bias) to
@@ -31,6 +33,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "fastnn's CUDA kernels need compute capability 8.0 or newer: set TORCH_CUDA_ARCH_LIST to 8.0 or above"
+#endif
 
 namespace fastnn {
 namespace gemm {
@@ -142,13 +148,13 @@ struct TileLoader {
 };
 
 // ---------------------------------------------------------------------------
-// Asynchronous global -> shared copies (cp.async, sm_80+): queued per thread, grouped by
+// Asynchronous global -> shared copies (cp.async): queued per thread, grouped by
 // cp_async_commit, landed by cp_async_wait<N> (all groups but the newest N).
 
 // 16-byte global -> shared copy to the shared-space address `smem`; !valid: nothing
 // is read and the 16 bytes are zero-filled.
 __device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__)
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
                "r"(valid ? 16 : 0)
                : "memory");
@@ -161,23 +167,20 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 }
 // One float / double element global -> shared (cp.async of 4 or 8 bytes, so any
 // element-aligned address); !valid: nothing is read and the element is zero-filled.
-// Before sm_80 a plain load and store (the commit and the wait are then no-ops).
 template <typename T>
 __device__ __forceinline__ void cp_async_elem(T* smem, const T* gmem, bool valid) {
   static_assert(sizeof(T) == 4 || sizeof(T) == 8, "cp.async copies 4, 8 or 16 bytes");
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__)
   asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(
                    static_cast<uint32_t>(__cvta_generic_to_shared(smem))),
                "l"(gmem), "n"(static_cast<int>(sizeof(T))), "r"(valid ? static_cast<int>(sizeof(T)) : 0)
                : "memory");
-#elif defined(__CUDA_ARCH__)
-  *smem = valid ? *gmem : T(0);
 #elif defined(FASTNN_CUDA_EMULATOR)
   ::emu::cp_async(static_cast<uint32_t>(__cvta_generic_to_shared(smem)), gmem, sizeof(T), valid);
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__)
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 #elif defined(FASTNN_CUDA_EMULATOR)
   ::emu::cp_async_commit();
@@ -185,7 +188,7 @@ __device__ __forceinline__ void cp_async_commit() {
 }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__)
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #elif defined(FASTNN_CUDA_EMULATOR)
   ::emu::cp_async_wait(N);
@@ -539,10 +542,11 @@ struct WmmaCfg {
                 "wmma tiles must stay 32-byte aligned");
 };
 
-// Blocks per SM the async (big) WMMA kernels are compiled for: 2 caps them at
-// 128 registers (16 warps per SM). ptxas -v (CUDA 13.0, sm_90): no spills
-// except bfloat16 "NN" (dx), 24 bytes of stack (4 LDL per K tile, L1 hits);
-// 1 removes that spill but lets the kernels use ~130-165 registers (8 warps/SM).
+// Blocks per SM the async WMMA kernels are compiled for. For the 128x128 ones (256
+// threads) 2 caps them at 128 registers (16 warps per SM). ptxas -v (CUDA 13.0,
+// sm_90): no spills except bfloat16 "NN" (dx), 24 bytes of stack (4 LDL per K tile,
+// L1 hits); 1 removes that spill but lets the kernels use ~130-165 registers (8
+// warps/SM). For the 64x64 ones (128 threads) it caps nothing (255); they use 92-128.
 constexpr int kAsyncMinBlocks = 2;
 
 template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES, bool ASYNC, bool A_KMAJ,
@@ -551,7 +555,6 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, ASYNC ? kAsyncMinB
     wmma_gemm_kernel(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
                      const T* __restrict__ bias, float* __restrict__ ws, int64_t M, int64_t N,
                      int64_t K, int kt_per_split) {
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   namespace wmma = nvcuda::wmma;
   using Cfg = WmmaCfg<T, BM, BN, BK, WM, WN, STAGES, A_KMAJ, B_KMAJ>;
   using S = typename RawOf<T>::type;
@@ -728,9 +731,6 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, ASYNC ? kAsyncMinB
       __syncwarp();
     }
   }
-#else
-  __trap();  // tensor-core path needs sm_80 or newer
-#endif
 }
 
 // ---------------------------------------------------------------------------

@@ -50,7 +50,8 @@
 //   caching allocator); splitk_reduce_kernel then sums s = 0..S-1 in order and
 //   adds the bias (the epilogue of the split path). No atomics anywhere: bitwise
 //   reproducible run to run. The split count depends only on the shape and the
-//   GPU's SM count.
+//   GPU's SM count (and FASTNN_GEMM_MAX_SPLITS = 1..32, a cap for tuning the
+//   policy: 1 never splits; unset, 32).
 //   * float16 / bfloat16 (and TF32) on Hopper (FASTNN_WGMMA=0 turns it off, =all
 //     sends it every product it can take): wgmma_gemm_nt_kernel (gemm_sm90.cuh),
 //     block 128x256, two warpgroups of wgmma m64n128, 4-stage cp.async ring in the
@@ -119,14 +120,30 @@ struct Split {
   int kt_per_split;
 };
 
+// The most K splits a product may take: FASTNN_GEMM_MAX_SPLITS (1 to 32; 1 never
+// splits), read once per process, for tuning the split policy on a GPU; unset, 32.
+int max_splits() {
+  static const int cap = [] {
+    const char* v = std::getenv("FASTNN_GEMM_MAX_SPLITS");
+    if (v == nullptr || *v == '\0') return 32;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    TORCH_CHECK(*end == '\0' && n >= 1 && n <= 32,
+                "FASTNN_GEMM_MAX_SPLITS must be an integer from 1 to 32 (1: never split K), got '", v,
+                "'.");
+    return static_cast<int>(n);
+  }();
+  return cap;
+}
+
 // Deterministic split-K choice: depends only on the shape and the SM count.
 // Split only when the output has fewer tiles than SMs; aim for ~2 blocks per
-// SM, at least `min_kt` K tiles per split, at most 32 splits.
+// SM, at least `min_kt` K tiles per split, at most max_splits() splits.
 Split choose_split(int64_t tiles, int64_t k_tiles, int sms, int64_t min_kt, int64_t MN,
                    int64_t acc_bytes) {
   Split s{1, static_cast<int>(std::max<int64_t>(k_tiles, 1))};
   if (tiles >= sms || k_tiles < 2 * min_kt) return s;
-  int64_t S = std::min<int64_t>({ceil_div(2 * sms, tiles), k_tiles / min_kt, 32});
+  int64_t S = std::min<int64_t>({ceil_div(2 * sms, tiles), k_tiles / min_kt, max_splits()});
   // keep the workspace modest (<= 256 MB)
   while (S > 1 && S * MN * acc_bytes > (int64_t(256) << 20)) --S;
   if (S <= 1) return s;
