@@ -147,6 +147,61 @@ struct TileLoader {
   }
 };
 
+// One K tile of both operands of a register-staged kernel, held in registers: A's
+// BM x BK tile (a: [M][K] or [K][M], as in global memory) and B's BN x BK tile (b), for
+// the block's C tile at (m0, n0). 16-byte loads where the operand allows (aligned base,
+// contiguous dimension whole chunks).
+template <typename S, int BM, int BN, int BK, int NT, bool A_KMAJ, bool B_KMAJ>
+struct StagedOperands {
+  std::conditional_t<A_KMAJ, TileLoader<S, BM, BK, NT>, TileLoader<S, BK, BM, NT>> a;
+  std::conditional_t<B_KMAJ, TileLoader<S, BN, BK, NT>, TileLoader<S, BK, BN, NT>> b;
+  const S* A;
+  const S* B;
+  int64_t M, N, K, m0, n0;
+  int tid;
+  bool vec_a, vec_b;
+
+  __device__ __forceinline__ StagedOperands(const S* A_, const S* B_, int64_t M_, int64_t N_,
+                                            int64_t K_, int64_t m0_, int64_t n0_, int tid_)
+      : A(A_), B(B_), M(M_), N(N_), K(K_), m0(m0_), n0(n0_), tid(tid_) {
+    constexpr int VEC = 16 / static_cast<int>(sizeof(S));
+    vec_a = aligned16(A) && ((A_KMAJ ? K : M) % VEC == 0);
+    vec_b = aligned16(B) && ((B_KMAJ ? K : N) % VEC == 0);
+  }
+
+  // K tile kt of both operands into the registers.
+  __device__ __forceinline__ void load(int64_t kt) {
+    const int64_t k0 = kt * BK;
+    if (A_KMAJ) a.load(A, M, K, m0, k0, vec_a, tid);
+    else        a.load(A, K, M, k0, m0, vec_a, tid);
+    if (B_KMAJ) b.load(B, N, K, n0, k0, vec_b, tid);
+    else        b.load(B, K, N, k0, n0, vec_b, tid);
+  }
+};
+
+// The K loop of the register-staged kernels over nt K tiles from kt_begin, with two
+// shared-memory buffers: load(kt) fetches a tile into registers, store(buf) writes them
+// to a buffer, multiply(buf) consumes one. Tile t+1 is fetched while tile t is
+// multiplied, then stored into the other buffer; one barrier per tile. Returns after a
+// barrier (also when nt == 0), so the buffers are free for the caller.
+template <typename Load, typename Store, typename Multiply>
+__device__ __forceinline__ void staged_k_loop(int nt, int64_t kt_begin, Load&& load, Store&& store,
+                                              Multiply&& multiply) {
+  if (nt > 0) {
+    load(kt_begin);
+    store(0);
+  }
+  __syncthreads();
+  for (int t = 0; t < nt; ++t) {
+    const int cur = t & 1;
+    const bool more = t + 1 < nt;
+    if (more) load(kt_begin + t + 1);
+    multiply(cur);
+    if (more) store(cur ^ 1);
+    __syncthreads();
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Asynchronous global -> shared copies (cp.async): queued per thread, grouped by
 // cp_async_commit, landed by cp_async_wait<N> (all groups but the newest N).
@@ -386,50 +441,20 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), MINB)
   __shared__ __align__(16) T Bs[2][BK][BN + PAD];
 
   const Th th(K, kt_per_split);
-  const int tid = th.tid;
-  const int64_t m0 = th.m0, n0 = th.n0;
-
-  // A: [M][K] tile BM x BK (stored transposed) or [K][M] tile BK x BM.
-  using LA = std::conditional_t<A_KMAJ, TileLoader<T, BM, BK, NT>, TileLoader<T, BK, BM, NT>>;
-  using LB = std::conditional_t<B_KMAJ, TileLoader<T, BN, BK, NT>, TileLoader<T, BK, BN, NT>>;
-  LA la;
-  LB lb;
-  constexpr int VEC = 16 / static_cast<int>(sizeof(T));
-  const bool vec_a = aligned16(A) && ((A_KMAJ ? K : M) % VEC == 0);
-  const bool vec_b = aligned16(B) && ((B_KMAJ ? K : N) % VEC == 0);
-
-  auto load_tiles = [&](int64_t kt) {
-    const int64_t k0 = kt * BK;
-    if (A_KMAJ) la.load(A, M, K, m0, k0, vec_a, tid);
-    else        la.load(A, K, M, k0, m0, vec_a, tid);
-    if (B_KMAJ) lb.load(B, N, K, n0, k0, vec_b, tid);
-    else        lb.load(B, K, N, k0, n0, vec_b, tid);
-  };
-  auto store_tiles = [&](int buf) {
-    if (A_KMAJ) la.store_t(&As[buf][0][0], BM + PAD, tid);
-    else        la.store(&As[buf][0][0], BM + PAD, tid);
-    if (B_KMAJ) lb.store_t(&Bs[buf][0][0], BN + PAD, tid);
-    else        lb.store(&Bs[buf][0][0], BN + PAD, tid);
+  StagedOperands<T, BM, BN, BK, NT, A_KMAJ, B_KMAJ> ops(A, B, M, N, K, th.m0, th.n0, th.tid);
+  // shared memory is k-major (As[k][m], Bs[k][n]): k-contiguous operands are transposed
+  auto store = [&](int buf) {
+    if (A_KMAJ) ops.a.store_t(&As[buf][0][0], BM + PAD, th.tid);
+    else        ops.a.store(&As[buf][0][0], BM + PAD, th.tid);
+    if (B_KMAJ) ops.b.store_t(&Bs[buf][0][0], BN + PAD, th.tid);
+    else        ops.b.store(&Bs[buf][0][0], BN + PAD, th.tid);
   };
 
   T acc[TM][TN] = {};
-
-  const int nt = th.nt;
-  if (nt > 0) {
-    load_tiles(th.kt_begin);
-    store_tiles(0);
-  }
-  __syncthreads();
-
-  for (int t = 0; t < nt; ++t) {
-    const int cur = t & 1;
-    const bool more = t + 1 < nt;
-    if (more) load_tiles(th.kt_begin + t + 1);
-    simt_tile_fma<T, BM, BN, BK, TM, TN>(&As[cur][0][0], &Bs[cur][0][0], th.tx, th.ty, acc);
-    if (more) store_tiles(cur ^ 1);
-    __syncthreads();
-  }
-  simt_epilogue<T, BM, BN, TM, TN>(acc, C, bias, ws, M, N, m0, n0, th.tx, th.ty);
+  staged_k_loop(th.nt, th.kt_begin, [&](int64_t kt) { ops.load(kt); }, store, [&](int buf) {
+    simt_tile_fma<T, BM, BN, BK, TM, TN>(&As[buf][0][0], &Bs[buf][0][0], th.tx, th.ty, acc);
+  });
+  simt_epilogue<T, BM, BN, TM, TN>(acc, C, bias, ws, M, N, th.m0, th.n0, th.tx, th.ty);
 }
 
 // cp.async a BMN x BK tile of an operand into its k-major stage s[k][BMN + pad]: the
@@ -640,38 +665,12 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, ASYNC ? kAsyncMinB
     cp_async_k_loop<STAGES>(nt, kt_begin, issue, mma_stage);
     __syncthreads();  // operand buffers are free for the epilogue
   } else {
-    using LA = std::conditional_t<A_KMAJ, TileLoader<S, BM, BK, NT>, TileLoader<S, BK, BM, NT>>;
-    using LB = std::conditional_t<B_KMAJ, TileLoader<S, BN, BK, NT>, TileLoader<S, BK, BN, NT>>;
-    LA la;
-    LB lb;
-    const bool vec_a = aligned16(A) && ((A_KMAJ ? K : M) % VEC == 0);
-    const bool vec_b = aligned16(B) && ((B_KMAJ ? K : N) % VEC == 0);
-    auto load_tiles = [&](int64_t kt) {
-      const int64_t k0 = kt * BK;
-      if (A_KMAJ) la.load(Ar, M, K, m0, k0, vec_a, tid);
-      else        la.load(Ar, K, M, k0, m0, vec_a, tid);
-      if (B_KMAJ) lb.load(Br, N, K, n0, k0, vec_b, tid);
-      else        lb.load(Br, K, N, k0, n0, vec_b, tid);
+    StagedOperands<S, BM, BN, BK, NT, A_KMAJ, B_KMAJ> ops(Ar, Br, M, N, K, m0, n0, tid);
+    auto store = [&](int buf) {  // each operand in its global orientation
+      ops.a.store(reinterpret_cast<S*>(As + buf * A_SZ), A_PITCH, tid);
+      ops.b.store(reinterpret_cast<S*>(Bs + buf * B_SZ), B_PITCH, tid);
     };
-    auto store_tiles = [&](int buf) {
-      la.store(reinterpret_cast<S*>(As + buf * A_SZ), A_PITCH, tid);
-      lb.store(reinterpret_cast<S*>(Bs + buf * B_SZ), B_PITCH, tid);
-    };
-    if (nt > 0) {
-      load_tiles(kt_begin);
-      store_tiles(0);
-    }
-    __syncthreads();
-    for (int t = 0; t < nt; ++t) {
-      const int cur = t & 1;
-      const bool more = t + 1 < nt;
-      if (more) load_tiles(kt_begin + t + 1);
-      mma_stage(cur);
-      if (more) store_tiles(cur ^ 1);
-      __syncthreads();
-    }
-    // (the loop ends with __syncthreads, and with nt == 0 the one above it ran:
-    //  the operand buffers are free for the epilogue)
+    staged_k_loop(nt, kt_begin, [&](int64_t kt) { ops.load(kt); }, store, mma_stage);
   }
 
   float* stage = reinterpret_cast<float*>(smem) + warp * 256;
