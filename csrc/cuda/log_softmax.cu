@@ -335,6 +335,33 @@ BlockPlan plan_block(int64_t C, size_t elem, bool aligned) {
   return p;
 }
 
+// Launches the member of a kernel family (the forward's or the backward's) that layout
+// L takes, with its grid: warp(ELEMS, WIDTH, grid, C) for short contiguous rows (C <=
+// 1024, the with_warp_variant choice), block(V, grid, plan) for long ones (V: elements
+// per vector access, 1 unless every pointer is 16-byte `aligned` and C whole vectors),
+// strided(grid) when dim is not the innermost. ELEMS, WIDTH and V come as
+// std::integral_constant.
+template <typename scalar_t, typename Warp, typename Block, typename Strided>
+void launch_by_layout(const Layout& L, int device, bool aligned, Warp&& warp, Block&& block,
+                      Strided&& strided) {
+  if (L.inner == 1 && L.D <= kWarpMaxC) {
+    const int C = static_cast<int>(L.D);
+    with_warp_variant(C, [&](auto e, auto w) {
+      constexpr int WIDTH = decltype(w)::value;
+      const int64_t rows_per_block = (kWarpKernelThreads / kWarpSize) * (kWarpSize / WIDTH);
+      warp(e, w, capped_grid(ceil_div(L.outer, rows_per_block), device), C);
+    });
+  } else if (L.inner == 1) {
+    const BlockPlan p = plan_block(L.D, sizeof(scalar_t), aligned);
+    const int grid = capped_grid(L.outer, device);
+    if (p.vec) block(std::integral_constant<int, vec_size<scalar_t>()>{}, grid, p);
+    else       block(std::integral_constant<int, 1>{}, grid, p);
+  } else {
+    strided(capped_grid(ceil_div(L.outer * L.inner, kStridedThreads), device));
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 at::Tensor log_softmax_forward_cuda(const at::Tensor& input, int64_t dim) {
@@ -351,35 +378,22 @@ at::Tensor log_softmax_forward_cuda(const at::Tensor& input, int64_t dim) {
   FASTNN_DISPATCH_CUDA(x.scalar_type(), "log_softmax_forward_cuda", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    if (L.inner == 1 && L.D <= kWarpMaxC) {
-      const int C = static_cast<int>(L.D);
-      with_warp_variant(C, [&](auto e, auto w) {
-        constexpr int ELEMS = decltype(e)::value;
-        constexpr int WIDTH = decltype(w)::value;
-        const int64_t rows_per_block = (kWarpKernelThreads / kWarpSize) * (kWarpSize / WIDTH);
-        lsm_fwd_warp_kernel<scalar_t, ELEMS, WIDTH>
-            <<<capped_grid(ceil_div(L.outer, rows_per_block), device), kWarpKernelThreads, 0,
-               stream>>>(xp, yp, L.outer, C);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    } else if (L.inner == 1) {
-      const BlockPlan p =
-          plan_block(L.D, sizeof(scalar_t), is_aligned(xp, 16) && is_aligned(yp, 16));
-      const int grid = capped_grid(L.outer, device);
-      if (p.vec) {
-        lsm_fwd_block_kernel<scalar_t, vec_size<scalar_t>()>
-            <<<grid, p.threads, p.smem, stream>>>(xp, yp, L.outer, L.D, p.cache);
-      } else {
-        lsm_fwd_block_kernel<scalar_t, 1>
-            <<<grid, p.threads, p.smem, stream>>>(xp, yp, L.outer, L.D, p.cache);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      lsm_fwd_strided_kernel<scalar_t>
-          <<<capped_grid(ceil_div(L.outer * L.inner, kStridedThreads), device), kStridedThreads, 0,
-             stream>>>(xp, yp, L.outer, L.D, L.inner);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    launch_by_layout<scalar_t>(
+        L, device, is_aligned(xp, 16) && is_aligned(yp, 16),
+        [&](auto e, auto w, int grid, int C) {
+          constexpr int ELEMS = decltype(e)::value, WIDTH = decltype(w)::value;
+          lsm_fwd_warp_kernel<scalar_t, ELEMS, WIDTH>
+              <<<grid, kWarpKernelThreads, 0, stream>>>(xp, yp, L.outer, C);
+        },
+        [&](auto v, int grid, const BlockPlan& p) {
+          constexpr int V = decltype(v)::value;
+          lsm_fwd_block_kernel<scalar_t, V>
+              <<<grid, p.threads, p.smem, stream>>>(xp, yp, L.outer, L.D, p.cache);
+        },
+        [&](int grid) {
+          lsm_fwd_strided_kernel<scalar_t>
+              <<<grid, kStridedThreads, 0, stream>>>(xp, yp, L.outer, L.D, L.inner);
+        });
   });
   return y;
 }
@@ -401,35 +415,22 @@ at::Tensor log_softmax_backward_cuda(const at::Tensor& grad_output, const at::Te
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
-    if (L.inner == 1 && L.D <= kWarpMaxC) {
-      const int C = static_cast<int>(L.D);
-      with_warp_variant(C, [&](auto e, auto w) {
-        constexpr int ELEMS = decltype(e)::value;
-        constexpr int WIDTH = decltype(w)::value;
-        const int64_t rows_per_block = (kWarpKernelThreads / kWarpSize) * (kWarpSize / WIDTH);
-        lsm_bwd_warp_kernel<scalar_t, ELEMS, WIDTH>
-            <<<capped_grid(ceil_div(L.outer, rows_per_block), device), kWarpKernelThreads, 0,
-               stream>>>(dyp, yp, dxp, L.outer, C);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    } else if (L.inner == 1) {
-      const BlockPlan p = plan_block(
-          L.D, sizeof(scalar_t), is_aligned(dyp, 16) && is_aligned(yp, 16) && is_aligned(dxp, 16));
-      const int grid = capped_grid(L.outer, device);
-      if (p.vec) {
-        lsm_bwd_block_kernel<scalar_t, vec_size<scalar_t>()>
-            <<<grid, p.threads, p.smem, stream>>>(dyp, yp, dxp, L.outer, L.D, p.cache);
-      } else {
-        lsm_bwd_block_kernel<scalar_t, 1>
-            <<<grid, p.threads, p.smem, stream>>>(dyp, yp, dxp, L.outer, L.D, p.cache);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      lsm_bwd_strided_kernel<scalar_t>
-          <<<capped_grid(ceil_div(L.outer * L.inner, kStridedThreads), device), kStridedThreads, 0,
-             stream>>>(dyp, yp, dxp, L.outer, L.D, L.inner);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    launch_by_layout<scalar_t>(
+        L, device, is_aligned(dyp, 16) && is_aligned(yp, 16) && is_aligned(dxp, 16),
+        [&](auto e, auto w, int grid, int C) {
+          constexpr int ELEMS = decltype(e)::value, WIDTH = decltype(w)::value;
+          lsm_bwd_warp_kernel<scalar_t, ELEMS, WIDTH>
+              <<<grid, kWarpKernelThreads, 0, stream>>>(dyp, yp, dxp, L.outer, C);
+        },
+        [&](auto v, int grid, const BlockPlan& p) {
+          constexpr int V = decltype(v)::value;
+          lsm_bwd_block_kernel<scalar_t, V>
+              <<<grid, p.threads, p.smem, stream>>>(dyp, yp, dxp, L.outer, L.D, p.cache);
+        },
+        [&](int grid) {
+          lsm_bwd_strided_kernel<scalar_t>
+              <<<grid, kStridedThreads, 0, stream>>>(dyp, yp, dxp, L.outer, L.D, L.inner);
+        });
   });
   return dx;
 }
