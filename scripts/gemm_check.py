@@ -282,7 +282,7 @@ SPLIT_CAPS = ("1", "2", "4", "")  # FASTNN_GEMM_MAX_SPLITS; "": unset (the polic
 
 
 def small_times_json():
-    """fastnn's device time per MNIST-layer product, as one JSON line (a --split-sweep child)."""
+    """fastnn's device time per MNIST-layer product, as one JSON line (for split_sweep, which runs this in a child)."""
     import json
     out = []
     for mode in SMALL_MODES:
