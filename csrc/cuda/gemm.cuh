@@ -275,7 +275,6 @@ __device__ __forceinline__ void async_tile(S* s, int pitch, const S* g, int64_t 
   }
 }
 
-
 // The K loop over a STAGES-deep ring of cp.async stages, for nt K tiles starting at
 // kt_begin: issue(kt, stage) queues tile kt's copies into a stage, multiply(stage)
 // consumes one. Tiles 0 .. STAGES-2 are issued first, one commit group per tile (empty
@@ -331,7 +330,7 @@ __device__ __forceinline__ void stg4(double* p, const double* v) {
 //   g*(BM/(TM/4)) + ty*4 + {0..3} for g < TM/4 (and likewise columns), so its
 //   shared-memory reads are 16-byte vectors and conflict-free.
 //   Shared memory holds both operands k-major (As[k][m], Bs[k][n], rows padded
-//   by SimtPad elements). Two kernels fill it:
+//   by kSimtPad elements). Two kernels fill it:
 //     simt_gemm_kernel        register-staged double buffer: tile t+1 is loaded
 //                             into registers while tile t is multiplied, then
 //                             stored into the other buffer (k-contiguous operands
