@@ -117,6 +117,30 @@ thread_local AlignedBuf tl_bpack;  // per calling thread: the packed B
 
 constexpr size_t kKeepBytes = size_t(32) << 20;  // larger B packs are freed after use
 
+// Packs n <= P lines of kc elements, line i's k-th element at src[i * ls + k * ks], into a
+// k-major kc x P micro-panel, dst[k * P + i], zero-padding lines n..P-1: MR rows of A
+// (ls = A's row stride) or NR columns of B (ls = B's column stride). Memory is walked k
+// outer when the lines lie closer together than a line's elements, else line by line.
+template <int P, typename T>
+void pack_lines(int64_t kc, int n, const T* src, int64_t ls, int64_t ks, T* dst) {
+  if (std::abs(ls) <= std::abs(ks)) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* s = src + k * ks;
+      T* d = dst + k * P;
+      int i = 0;
+      for (; i < n; ++i) d[i] = s[i * ls];
+      for (; i < P; ++i) d[i] = T(0);
+    }
+  } else {
+    for (int i = 0; i < n; ++i) {
+      const T* s = src + i * ls;
+      for (int64_t k = 0; k < kc; ++k) dst[k * P + i] = s[k * ks];
+    }
+    for (int i = n; i < P; ++i)
+      for (int64_t k = 0; k < kc; ++k) dst[k * P + i] = T(0);
+  }
+}
+
 // --------------------------------------------------------------------------
 // Micro-kernels. acc = sum_k a[k*MR + i] * b[k*NR + j]; then
 //   C[i, j] = acc + (bias ? bias[j] : 0) (+ beta * C[i, j] if load_c)
@@ -274,113 +298,88 @@ FASTNN_TARGET_AVX2 inline void transpose8_ps(__m256& r0, __m256& r1, __m256& r2,
   r7 = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-// B panel, float, 16 full columns each contiguous in k (b_rs == 1):
-// dst[k * 16 + c] = src[c * cs + k].
-FASTNN_TARGET_AVX2
-void pack_b_f32_trans_avx2(int64_t kc, const float* src, int64_t cs, float* dst) {
-  int64_t k = 0;
-  for (; k + 8 <= kc; k += 8) {
-    for (int h = 0; h < 2; ++h) {
-      const float* s = src + h * 8 * cs + k;
-      __m256 r0 = _mm256_loadu_ps(s + 0 * cs), r1 = _mm256_loadu_ps(s + 1 * cs);
-      __m256 r2 = _mm256_loadu_ps(s + 2 * cs), r3 = _mm256_loadu_ps(s + 3 * cs);
-      __m256 r4 = _mm256_loadu_ps(s + 4 * cs), r5 = _mm256_loadu_ps(s + 5 * cs);
-      __m256 r6 = _mm256_loadu_ps(s + 6 * cs), r7 = _mm256_loadu_ps(s + 7 * cs);
-      transpose8_ps(r0, r1, r2, r3, r4, r5, r6, r7);
-      float* d = dst + k * 16 + h * 8;
-      _mm256_store_ps(d + 0 * 16, r0);
-      _mm256_store_ps(d + 1 * 16, r1);
-      _mm256_store_ps(d + 2 * 16, r2);
-      _mm256_store_ps(d + 3 * 16, r3);
-      _mm256_store_ps(d + 4 * 16, r4);
-      _mm256_store_ps(d + 5 * 16, r5);
-      _mm256_store_ps(d + 6 * 16, r6);
-      _mm256_store_ps(d + 7 * 16, r7);
-    }
-  }
-  for (; k < kc; ++k)
-    for (int c = 0; c < 16; ++c) dst[k * 16 + c] = src[c * cs + k];
+// 4x4 double transpose of r0..r3 in place.
+FASTNN_TARGET_AVX2 inline void transpose4_pd(__m256d& r0, __m256d& r1, __m256d& r2, __m256d& r3) {
+  const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+  const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+  r0 = _mm256_permute2f128_pd(t0, t2, 0x20);
+  r1 = _mm256_permute2f128_pd(t1, t3, 0x20);
+  r2 = _mm256_permute2f128_pd(t0, t2, 0x31);
+  r3 = _mm256_permute2f128_pd(t1, t3, 0x31);
 }
 
-// A panel, float, 6 full rows each contiguous in k (a_cs == 1):
-// dst[k * 6 + r] = src[r * rs + k]. Writes up to 2 floats past dst + 6 * kc
-// (the buffer has slack; later panels overwrite them).
+// The AVX2 packers below compute pack_lines for a full panel whose lines are contiguous in
+// k (ks == 1, ls = rs): whole vectors of k are transposed in registers, and the few k
+// left over go through pack_lines itself.
+
+// Eight k of R <= 8 float rows (rows R..7 read as zeros) into eight k-major rows of 8
+// floats, ds apart: d[j * ds + i] = s[i * rs + j]. All 8 floats of each row are stored.
+template <int R>
+FASTNN_TARGET_AVX2 inline void transpose_k8_ps(const float* s, int64_t rs, float* d, int64_t ds) {
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = i < R ? _mm256_loadu_ps(s + i * rs) : _mm256_setzero_ps();
+  transpose8_ps(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
+  for (int j = 0; j < 8; ++j) _mm256_storeu_ps(d + j * ds, r[j]);
+}
+
+// Four k of four double rows into four k-major rows of 4 doubles, ds apart.
+FASTNN_TARGET_AVX2 inline void transpose_k4_pd(const double* s, int64_t rs, double* d,
+                                               int64_t ds) {
+  __m256d r[4];
+  for (int i = 0; i < 4; ++i) r[i] = _mm256_loadu_pd(s + i * rs);
+  transpose4_pd(r[0], r[1], r[2], r[3]);
+  for (int j = 0; j < 4; ++j) _mm256_storeu_pd(d + j * ds, r[j]);
+}
+
+// B panel, float: 16 full columns, each contiguous in k (b_rs == 1; rs = the column stride).
+FASTNN_TARGET_AVX2
+void pack_b_f32_trans_avx2(int64_t kc, const float* src, int64_t rs, float* dst) {
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    transpose_k8_ps<8>(src + k, rs, dst + k * 16, 16);                // columns 0-7
+    transpose_k8_ps<8>(src + 8 * rs + k, rs, dst + k * 16 + 8, 16);  // columns 8-15
+  }
+  pack_lines<16>(kc - k, 16, src + k, rs, 1, dst + k * 16);
+}
+
+// A panel, float: 6 full rows, each contiguous in k (a_cs == 1). Each k's 8-float store
+// spills 2 floats into the next k, which overwrites them; the last writes up to 2 floats
+// past dst + 6 * kc (the buffer has slack).
 FASTNN_TARGET_AVX2
 void pack_a_f32_rows_avx2(int64_t kc, const float* src, int64_t rs, float* dst) {
   int64_t k = 0;
-  for (; k + 8 <= kc; k += 8) {
-    const float* s = src + k;
-    __m256 r0 = _mm256_loadu_ps(s + 0 * rs), r1 = _mm256_loadu_ps(s + 1 * rs);
-    __m256 r2 = _mm256_loadu_ps(s + 2 * rs), r3 = _mm256_loadu_ps(s + 3 * rs);
-    __m256 r4 = _mm256_loadu_ps(s + 4 * rs), r5 = _mm256_loadu_ps(s + 5 * rs);
-    __m256 r6 = _mm256_setzero_ps(), r7 = _mm256_setzero_ps();
-    transpose8_ps(r0, r1, r2, r3, r4, r5, r6, r7);
-    float* d = dst + k * 6;
-    _mm256_storeu_ps(d + 0 * 6, r0);
-    _mm256_storeu_ps(d + 1 * 6, r1);
-    _mm256_storeu_ps(d + 2 * 6, r2);
-    _mm256_storeu_ps(d + 3 * 6, r3);
-    _mm256_storeu_ps(d + 4 * 6, r4);
-    _mm256_storeu_ps(d + 5 * 6, r5);
-    _mm256_storeu_ps(d + 6 * 6, r6);
-    _mm256_storeu_ps(d + 7 * 6, r7);
-  }
-  for (; k < kc; ++k)
-    for (int r = 0; r < 6; ++r) dst[k * 6 + r] = src[r * rs + k];
+  for (; k + 8 <= kc; k += 8) transpose_k8_ps<6>(src + k, rs, dst + k * 6, 6);
+  pack_lines<6>(kc - k, 6, src + k, rs, 1, dst + k * 6);
 }
 
-// B panel, double, 8 full columns contiguous in k: dst[k * 8 + c] = src[c * cs + k].
+// B panel, double: 8 full columns contiguous in k.
 FASTNN_TARGET_AVX2
-void pack_b_f64_trans_avx2(int64_t kc, const double* src, int64_t cs, double* dst) {
+void pack_b_f64_trans_avx2(int64_t kc, const double* src, int64_t rs, double* dst) {
   int64_t k = 0;
   for (; k + 4 <= kc; k += 4) {
-    for (int h = 0; h < 2; ++h) {
-      const double* s = src + h * 4 * cs + k;
-      __m256d r0 = _mm256_loadu_pd(s + 0 * cs), r1 = _mm256_loadu_pd(s + 1 * cs);
-      __m256d r2 = _mm256_loadu_pd(s + 2 * cs), r3 = _mm256_loadu_pd(s + 3 * cs);
-      __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
-      __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-      double* d = dst + k * 8 + h * 4;
-      _mm256_store_pd(d + 0 * 8, _mm256_permute2f128_pd(t0, t2, 0x20));
-      _mm256_store_pd(d + 1 * 8, _mm256_permute2f128_pd(t1, t3, 0x20));
-      _mm256_store_pd(d + 2 * 8, _mm256_permute2f128_pd(t0, t2, 0x31));
-      _mm256_store_pd(d + 3 * 8, _mm256_permute2f128_pd(t1, t3, 0x31));
-    }
+    transpose_k4_pd(src + k, rs, dst + k * 8, 8);                // columns 0-3
+    transpose_k4_pd(src + 4 * rs + k, rs, dst + k * 8 + 4, 8);  // columns 4-7
   }
-  for (; k < kc; ++k)
-    for (int c = 0; c < 8; ++c) dst[k * 8 + c] = src[c * cs + k];
+  pack_lines<8>(kc - k, 8, src + k, rs, 1, dst + k * 8);
 }
 
-// A panel, double, 6 full rows contiguous in k: dst[k * 6 + r] = src[r * rs + k].
+// A panel, double: 6 full rows contiguous in k. Rows 0-3 go through a 4x4 transpose,
+// rows 4-5 in pairs: unpacklo gives (r4, r5) at k+0 and k+2, unpackhi at k+1 and k+3.
 FASTNN_TARGET_AVX2
 void pack_a_f64_rows_avx2(int64_t kc, const double* src, int64_t rs, double* dst) {
   int64_t k = 0;
   for (; k + 4 <= kc; k += 4) {
     const double* s = src + k;
-    __m256d r0 = _mm256_loadu_pd(s + 0 * rs), r1 = _mm256_loadu_pd(s + 1 * rs);
-    __m256d r2 = _mm256_loadu_pd(s + 2 * rs), r3 = _mm256_loadu_pd(s + 3 * rs);
-    __m256d r4 = _mm256_loadu_pd(s + 4 * rs), r5 = _mm256_loadu_pd(s + 5 * rs);
-    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
-    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-    // rows 0..3 for k+0..k+3
-    __m256d q0 = _mm256_permute2f128_pd(t0, t2, 0x20);  // k+0
-    __m256d q1 = _mm256_permute2f128_pd(t1, t3, 0x20);  // k+1
-    __m256d q2 = _mm256_permute2f128_pd(t0, t2, 0x31);  // k+2
-    __m256d q3 = _mm256_permute2f128_pd(t1, t3, 0x31);  // k+3
-    __m256d u0 = _mm256_unpacklo_pd(r4, r5);            // (r4k0 r5k0 r4k2 r5k2)
-    __m256d u1 = _mm256_unpackhi_pd(r4, r5);            // (r4k1 r5k1 r4k3 r5k3)
     double* d = dst + k * 6;
-    _mm256_storeu_pd(d + 0, q0);
-    _mm_storeu_pd(d + 4, _mm256_castpd256_pd128(u0));
-    _mm256_storeu_pd(d + 6, q1);
-    _mm_storeu_pd(d + 10, _mm256_castpd256_pd128(u1));
-    _mm256_storeu_pd(d + 12, q2);
-    _mm_storeu_pd(d + 16, _mm256_extractf128_pd(u0, 1));
-    _mm256_storeu_pd(d + 18, q3);
-    _mm_storeu_pd(d + 22, _mm256_extractf128_pd(u1, 1));
+    transpose_k4_pd(s, rs, d, 6);
+    const __m256d r4 = _mm256_loadu_pd(s + 4 * rs), r5 = _mm256_loadu_pd(s + 5 * rs);
+    const __m256d even = _mm256_unpacklo_pd(r4, r5), odd = _mm256_unpackhi_pd(r4, r5);
+    _mm_storeu_pd(d + 0 * 6 + 4, _mm256_castpd256_pd128(even));
+    _mm_storeu_pd(d + 1 * 6 + 4, _mm256_castpd256_pd128(odd));
+    _mm_storeu_pd(d + 2 * 6 + 4, _mm256_extractf128_pd(even, 1));
+    _mm_storeu_pd(d + 3 * 6 + 4, _mm256_extractf128_pd(odd, 1));
   }
-  for (; k < kc; ++k)
-    for (int r = 0; r < 6; ++r) dst[k * 6 + r] = src[r * rs + k];
+  pack_lines<6>(kc - k, 6, src + k, rs, 1, dst + k * 6);
 }
 #endif  // FASTNN_HAVE_X86
 
@@ -424,21 +423,8 @@ void pack_a(int64_t mc, int64_t kc, const T* A, int64_t rs, int64_t cs, T* dst,
     const T* src = A + i0 * rs;
     if (rows == MR && cs == 1 && fast.pack_a_rows) {
       fast.pack_a_rows(kc, src, rs, dst);
-    } else if (std::abs(rs) <= std::abs(cs)) {
-      for (int64_t k = 0; k < kc; ++k) {
-        const T* s = src + k * cs;
-        T* d = dst + k * MR;
-        int r = 0;
-        for (; r < rows; ++r) d[r] = s[r * rs];
-        for (; r < MR; ++r) d[r] = T(0);
-      }
     } else {
-      for (int r = 0; r < rows; ++r) {
-        const T* s = src + r * rs;
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = s[k * cs];
-      }
-      for (int r = rows; r < MR; ++r)
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = T(0);
+      pack_lines<MR>(kc, rows, src, rs, cs, dst);
     }
   }
 }
@@ -448,35 +434,12 @@ template <typename T>
 void pack_b_panel(int64_t kc, int nc, const T* B, int64_t rs, int64_t cs, T* dst,
                   const Fast<T>& fast) {
   constexpr int NR = Cfg<T>::NR;
-  if (cs == 1) {
-    for (int64_t k = 0; k < kc; ++k) {
-      const T* s = B + k * rs;
-      T* d = dst + k * NR;
-      if (nc == NR) {
-        std::memcpy(d, s, sizeof(T) * NR);
-      } else {
-        int c = 0;
-        for (; c < nc; ++c) d[c] = s[c];
-        for (; c < NR; ++c) d[c] = T(0);
-      }
-    }
+  if (nc == NR && cs == 1) {
+    for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * NR, B + k * rs, sizeof(T) * NR);
   } else if (nc == NR && rs == 1 && fast.pack_b_trans) {
     fast.pack_b_trans(kc, B, cs, dst);
-  } else if (std::abs(rs) < std::abs(cs)) {
-    for (int c = 0; c < nc; ++c) {
-      const T* s = B + c * cs;
-      for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = s[k * rs];
-    }
-    for (int c = nc; c < NR; ++c)
-      for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = T(0);
   } else {
-    for (int64_t k = 0; k < kc; ++k) {
-      const T* s = B + k * rs;
-      T* d = dst + k * NR;
-      int c = 0;
-      for (; c < nc; ++c) d[c] = s[c * cs];
-      for (; c < NR; ++c) d[c] = T(0);
-    }
+    pack_lines<NR>(kc, nc, B, cs, rs, dst);
   }
 }
 
