@@ -122,6 +122,16 @@ def make_layout(t, layout):
 NONCONTIG_LAYOUTS = ("transposed", "strided", "sliced")
 
 
+def nan_in_one_thread(row):
+    """Sets NaN in every 16-byte vector of the contiguous 1-D `row` whose index is 1 mod 32.
+    In the CUDA block-per-row kernels (a multiple of 32 threads per row, thread t taking the
+    vectors t, t + threads, ...) some threads then see only NaN and the others none: the
+    NaN must still reach the whole row, as it does natively."""
+    per_vec = 16 // row.element_size()
+    vec = torch.arange(row.numel(), device=row.device) // per_vec
+    row[vec % 32 == 1] = float("nan")
+
+
 def leaf(t):
     """A leaf that requires grad with t's values AND t's memory layout (strides, offset).
     It is a detached alias of t; don't use it with in-place ops on shared inputs."""

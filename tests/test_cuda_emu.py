@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import assert_close, make_layout, randn
+from support import assert_close, make_layout, nan_in_one_thread, randn
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -129,12 +129,15 @@ def test_log_softmax(E, dtype, shape, dim):
 
 @pytest.mark.parametrize("C", [10, 300, 2048])
 def test_log_softmax_special_values(E, C):
-    x = randn(6, C)
+    x = randn(7, C)
     x[0] = float("-inf")                  # all -inf: NaN row, as natively
     x[1, 3] = float("inf")                # +inf: NaN row
     x[2, 5] = float("nan")
     x[3, : C // 2] = float("-inf")        # some -inf: those get -inf
     x[4] = 1e30                           # huge but equal
+    nan_in_one_thread(x[5])               # NaN row, also when some threads see only NaN
+    x[6] = float("nan")
+    x[6, 0] = 0.0
     y, ref = E.log_softmax_forward(x, 1), F.log_softmax_forward(x, 1)
     assert_close(y, ref, k=C, equal_nan=True)
 
@@ -211,13 +214,14 @@ def test_cross_entropy(E, dtype, shape, weighted, ignore, eps):
 
 @pytest.mark.parametrize("C", [10, 3000])
 def test_cross_entropy_special_values(E, C):
-    x = randn(5, C)
+    x = randn(6, C)
     x[0, 1] = float("inf")
     x[1, 2] = float("nan")
     x[2] = float("-inf")
     x[2, 0] = 0.0
     x[3] = 50.0
-    t = torch.tensor([1, 3, 0, 4, 2])
+    nan_in_one_thread(x[5])
+    t = torch.tensor([1, 3, 0, 4, 2, 0])
     for red in REDUCTIONS:
         a = E.cross_entropy_forward(x, t, None, red, -100, 0.0)
         b = F.cross_entropy_forward(x, t, None, red, -100, 0.0)

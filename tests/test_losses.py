@@ -10,7 +10,7 @@ from torch import nn
 
 import fastnn
 import fastnn.functional as FF
-from support import HALF_DTYPES, assert_close, leaf, make_layout, randn
+from support import HALF_DTYPES, assert_close, leaf, make_layout, nan_in_one_thread, randn
 
 LOSSES = {
     "nll": (F.nll_loss, FF.nll_loss),
@@ -229,6 +229,20 @@ def test_cross_entropy_pos_inf_logit(device, dtype, shape):
     (d0,), (d1,) = torch.autograd.grad(l0, x0, g), torch.autograd.grad(l1, x1, g)
     assert torch.equal(torch.isnan(d1), torch.isnan(d0))
     assert_close(d1[~torch.isnan(d0)], d0[~torch.isnan(d0)], dtype, k=4)
+
+
+@pytest.mark.parametrize("C", [6, 2000], ids=str)
+def test_cross_entropy_nan_logit(device, dtype, C):
+    """A NaN logit makes its sample's loss NaN, as natively, for short and long rows, also
+    when one thread of a CUDA block-per-row kernel sees every NaN of the row."""
+    x = randn(3, C, dtype=dtype, device=device)
+    x[0, 1] = float("nan")
+    nan_in_one_thread(x[1])
+    t = torch.zeros(3, dtype=torch.long, device=device)
+    l0 = F.cross_entropy(x, t, reduction="none")
+    l1 = FF.cross_entropy(x, t, reduction="none")
+    assert torch.isnan(l0[0]) and torch.equal(torch.isnan(l1), torch.isnan(l0))
+    assert_close(l1[2:], l0[2:], dtype, k=C)
 
 
 @pytest.mark.parametrize("name", LOSSES)

@@ -184,10 +184,12 @@ __device__ __forceinline__ void online_lse_update(A& m, A& s, A x) {
   }
 }
 
-// Rescales a thread's (m, s) to the common max M (M >= m or NaN).
+// Rescales a thread's (m, s) to the common max M >= m. A thread that saw only -inf and
+// NaN values has m = -inf: its s is 0 (all -inf) or NaN, and s * exp(-inf) keeps both,
+// so a NaN that only this thread saw still makes the row NaN.
 template <typename A>
 __device__ __forceinline__ A rescale_sum(A m, A s, A M) {
-  return m == M ? s : (m == neg_inf<A>() ? A(0) : s * dexp(m - M));
+  return m == M ? s : s * dexp(m - M);
 }
 
 // ---------------------------------------------------------------------------
