@@ -66,6 +66,7 @@ BIG_SIZES = ([255, 300, 513, 1000, 1025], [2, 2, 1, 1, 1])
 CLASSES = ([1, 2, 3, 5, 7, 8, 9, 10, 16, 17, 31, 32, 33, 100, 1000, 5000],
            [3, 3, 3, 3, 3, 3, 2, 5, 3, 3, 3, 3, 3, 3, 1, 1])
 SPECIALS = [math.nan, math.inf, -math.inf, 7e4, -7e4, 1e-6, -0.0, 0.0, 3e38]
+PERIODIC = -1.0  # Draw.floats' `special`: one special value at a periodic set of elements
 # Sums of products of 3e38 overflow in an order-dependent way (inf - inf = NaN in one
 # summation order, inf in another): native's GEMMs disagree among themselves there.
 GEMM_SPECIALS = SPECIALS[:-1]
@@ -289,11 +290,19 @@ class Draw:
         return base, lambda b: b.permute(inv), desc
 
     def floats(self, shape, special=0.0, scale=None, pool=SPECIALS, expand=True):
-        """Normal values times a random scale, a fraction `special` of them from `pool`."""
+        """Normal values times a random scale, a fraction `special` of them from `pool`.
+        special=PERIODIC puts one value of `pool` at the flat indices i with
+        (i // g) % p == r instead (g: 1-8, a vector's elements; p: 32-256): in the CUDA
+        block-per-row kernels, where thread t takes the vectors t, t + threads, ..., some
+        threads then see only that value and the others none."""
         base_shape, view, desc = self.layout(shape, expand)
         scale = scale or self.pick([1.0, 1.0, 1.0, 3.0, 10.0, 100.0, 1e-3, 1000.0])
         v = torch.randn(base_shape, generator=self.gen, dtype=F64) * scale
-        if v.numel() and special:
+        if v.numel() and special == PERIODIC:
+            g, p = self.pick([1, 2, 4, 8]), self.pick([32, 64, 128, 256])
+            r = self.rng.randrange(p)
+            v.view(-1)[(torch.arange(v.numel()) // g) % p == r] = self.pick(pool)
+        elif v.numel() and special:
             k = max(1, int(v.numel() * special * self.rng.random()))
             at = torch.randint(0, v.numel(), (k,), generator=self.gen)
             v.view(-1)[at] = torch.tensor([self.pick(pool) for _ in range(k)], dtype=F64)
@@ -361,7 +370,7 @@ def log_softmax_case(d, seed, dtype):
     dtype_arg = d.pick([torch.float32, F64]) if d.chance(0.1) else None
     # with dtype=, the input is cast first: the reference rounds it to the coarser type
     coarse = dtype if dtype_arg is None or MANTISSA[dtype] <= MANTISSA[dtype_arg] else dtype_arg
-    x = d.floats(shape, special=d.pick([0, 0, 0, 0.02, 0.2]))
+    x = d.floats(shape, special=d.pick([0, 0, 0, 0.02, 0.2, PERIODIC]))
 
     def make(b):
         t = x.make(replace(b, round_to=b.round_to and coarse), grad=True)
@@ -434,7 +443,7 @@ def loss_case(d, seed, dtype, op):
         if wkind == "some zero":
             w[torch.rand(C, generator=d.gen) < 0.4] = 0.0
         weight = d.place(w, expand=False)
-    x = d.floats(shape, special=d.pick([0, 0, 0, 0.02, 0.2]))
+    x = d.floats(shape, special=d.pick([0, 0, 0, 0.02, 0.2, PERIODIC]))
     bad = d.pick(["w_len", "w_dtype", "w_2d", "t_shape", "t_batch", "t_float", "x0d", "x1d_t1d"]) \
         if d.chance(0.06) else None
     smoothing, probs, target_grad = 0.0, None, False
