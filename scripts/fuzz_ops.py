@@ -185,27 +185,28 @@ def order_dependent_overflow(case, args, f, r):
         bool((terms == -math.inf).any() and finite[finite > 0].sum() > big)
 
 
-def float32_sum_overflow(case, args, f, n, r):
-    """A mean loss whose sum lies beyond float32's range though the mean itself (the
-    float64 reference `r`) does not: a float32 accumulator (fastnn's CUDA kernels) overflows
-    to inf with the sum's sign (`f`), native's gives inf or NaN (another order). Neither can
-    return r; fastnn's CPU kernels, which sum in float64, do."""
-    if case.op not in ("nll_loss", "cross_entropy") or case.desc["reduction"] != "mean" or \
-            args[0].dtype == F64 or not (bool(f.isinf().all()) and not bool(n.isfinite().all())
-                                         and bool(r.isfinite().all())
-                                         and bool((f.double().sign() == r.sign()).all())):
+def float32_sum_overflow(case, args, f, n, r, device):
+    """CUDA rules only: a mean loss (class-index targets) whose sum lies beyond float32's
+    range though the mean itself (the float64 reference `r`) does not: the CUDA kernels'
+    float32 accumulator overflows to inf with the sum's sign (`f`), native's gives inf or
+    NaN (another order). Neither can return r. (fastnn's CPU kernels sum in float64 and
+    must return it; the probability-target path is native ops in native's order.)"""
+    if not cuda_rules(device) or case.op not in ("nll_loss", "cross_entropy") or \
+            case.desc["reduction"] != "mean" or "probs" in case.desc or args[0].dtype == F64 or \
+            not (bool(f.isinf().all()) and not bool(n.isfinite().all())
+                 and bool(r.isfinite().all()) and bool((f.double().sign() == r.sign()).all())):
         return False
-    x, target = args[0].detach(), args[1]
-    cd = 1 if x.dim() > 1 else 0
-    if "probs" in case.desc:
-        total = x.numel() / max(x.shape[cd], 1)
-    else:
+    try:
+        x, t = args[0].detach(), args[1].long()
         w = args[2] if len(args) > 2 and torch.is_tensor(args[2]) else None
-        t = target.long()
+        cd = 1 if x.dim() > 1 else 0
         keep = t != case.desc["ignore_index"]
         t = t.clamp(0, max(x.shape[cd] - 1, 0))
-        wt = w.detach().double()[t] if w is not None else torch.ones(t.shape, dtype=F64)
+        wt = w.detach().double()[t] if w is not None else torch.ones(t.shape, dtype=F64,
+                                                                       device=t.device)
         total = float(wt[keep].sum())
+    except (RuntimeError, IndexError):
+        return False
     return abs(float(r)) * total > torch.finfo(torch.float32).max
 
 
@@ -844,7 +845,7 @@ def compare(case, nat, fast, first, device, log):
             r = torch.zeros_like(n, dtype=F64) if r is None else r
             skip = skipped_elements(case, fast.args, name, device)
             if name == "out" and (order_dependent_overflow(case, fast.args, f, r)
-                                  or float32_sum_overflow(case, fast.args, f, n, r)):
+                                  or float32_sum_overflow(case, fast.args, f, n, r, device)):
                 skip = torch.ones((), dtype=torch.bool, device=f.device)
             msg = check_values(name, f, n, r, scales[k] if scales[k] is not None else 0.0,
                                replace(case, c=c), device, skip)

@@ -143,7 +143,8 @@ def test_log_softmax_nan_propagates(device, dtype, C):
     nan_in_one_thread(x[2])
     y0, y1 = F.log_softmax(x, 1), FF.log_softmax(x, 1)
     assert torch.isnan(y0[1]).all() and torch.equal(torch.isnan(y1), torch.isnan(y0))
-    torch.testing.assert_close(y1[::3], y0[::3], **tol(dtype, C))
+    finite = ~torch.isnan(y0)
+    torch.testing.assert_close(y1[finite], y0[finite], **tol(dtype, C))
 
 
 @pytest.mark.parametrize("shape,dim", [((0, 5), 1), ((0, 5), 0), ((3, 0), 1), ((3, 0), 0),

@@ -242,7 +242,8 @@ def test_cross_entropy_nan_logit(device, dtype, C):
     l0 = F.cross_entropy(x, t, reduction="none")
     l1 = FF.cross_entropy(x, t, reduction="none")
     assert torch.isnan(l0[0]) and torch.equal(torch.isnan(l1), torch.isnan(l0))
-    assert_close(l1[2:], l0[2:], dtype, k=C)
+    finite = ~torch.isnan(l0)  # row 1 too where the row is shorter than the NaN pattern
+    assert_close(l1[finite], l0[finite], dtype, k=C)
 
 
 @pytest.mark.parametrize("name", LOSSES)
